@@ -1,0 +1,49 @@
+# Two commands run everything: `make pipeline` and `make test` (see README "Quick start").
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: pipeline test lint serve s3-server publish report bench clean-venv
+
+# (Re)install only when the dependency list changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version.split()[0]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
+	touch $(STAMP)
+
+## Install into .venv and run the full pipeline (dvc repro) on the default data.
+pipeline: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+## Install into .venv and run the test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests
+
+## Serve the pipeline's model locally with the Procfile's gunicorn command.
+serve: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" PORT=$${PORT:-8000} sh -c "$$(sed -n 's/^web: //p' Procfile)"
+
+## Run a local SeaweedFS S3 server on 127.0.0.1:8333 (data in .s3-data/).
+s3-server: $(STAMP)
+	$(BIN)/ccfraud s3-server --dir .s3-data
+
+## Upload the trained model to s3://$$S3_BUCKET/models/<version>/.
+publish: $(STAMP)
+	$(BIN)/ccfraud publish-model models s3://$${S3_BUCKET:?set S3_BUCKET}/models/
+
+## Write reports/pr_report.md (metrics and params diff against $$BASE, default main).
+report: $(STAMP)
+	$(BIN)/ccfraud pr-report --base $${BASE:-main}
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/serving.py
+
+clean-venv:
+	rm -rf $(VENV)

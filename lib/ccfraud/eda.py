@@ -1,0 +1,77 @@
+"""The exploratory analysis behind the eda_preprocess report, as testable functions.
+
+It follows the Kaggle notebook "Credit Fraud || Dealing with Imbalanced Datasets":
+what the imbalance hides in the full data, what a balanced subsample reveals, and
+which features separate the classes. The plots are made in the notebook.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA, TruncatedSVD
+from sklearn.manifold import TSNE
+from sklearn.preprocessing import StandardScaler
+
+from ccfraud import schema
+
+
+def class_balance(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows and share of each class."""
+    counts = frame[schema.TARGET].value_counts().reindex([0, 1], fill_value=0)
+    return pd.DataFrame(
+        {"class": ["legitimate (0)", "fraud (1)"], "rows": counts.to_numpy(),
+         "share": (counts / counts.sum()).round(6).to_numpy()}
+    )
+
+
+def plot_sample(frame: pd.DataFrame, legit_rows: int, seed: int = 0) -> pd.DataFrame:
+    """All frauds plus at most ``legit_rows`` legitimate rows: plots stay fast on 284k rows."""
+    frauds = frame[frame[schema.TARGET] == 1]
+    legit = frame[frame[schema.TARGET] == 0]
+    legit = legit.sample(n=min(legit_rows, len(legit)), random_state=seed)
+    return pd.concat([legit, frauds]).sort_index()
+
+
+def balanced_subsample(frame: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFrame:
+    """Up to ``per_class`` rows of each class, for heatmaps and projections only (never training)."""
+    parts = []
+    for label in (0, 1):
+        rows = frame[frame[schema.TARGET] == label]
+        parts.append(rows.sample(n=min(per_class, len(rows)), random_state=seed))
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def class_correlations(frame: pd.DataFrame) -> pd.Series:
+    """Correlation of each feature with Class, strongest (by absolute value) first."""
+    corr = frame[schema.FEATURES].corrwith(frame[schema.TARGET])
+    return corr.reindex(corr.abs().sort_values(ascending=False).index)
+
+
+def iqr_outliers(frame: pd.DataFrame, features: list[str], k: float = 1.5) -> pd.DataFrame:
+    """Per feature: the fraud rows' IQR fences and how many frauds fall outside them.
+
+    The seed removed these rows before training; this table shows how many it
+    would drop. Nothing is removed from any split here.
+    """
+    frauds = frame[frame[schema.TARGET] == 1]
+    rows = []
+    for feature in features:
+        values = frauds[feature]
+        q1, q3 = values.quantile(0.25), values.quantile(0.75)
+        low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+        outside = int(((values < low) | (values > high)).sum())
+        rows.append({"feature": feature, "q1": q1, "q3": q3, "lower_fence": low, "upper_fence": high,
+                     "fraud_outliers": outside, "frauds": len(values)})
+    return pd.DataFrame(rows)
+
+
+def projections(frame: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
+    """2-D embeddings (t-SNE, PCA, TruncatedSVD) of standardised features of a small subsample."""
+    features = StandardScaler().fit_transform(frame[schema.FEATURES])
+    perplexity = float(min(30, max(5, (len(frame) - 1) // 4)))
+    return {
+        "t-SNE": TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(features),
+        "PCA": PCA(n_components=2, random_state=seed).fit_transform(features),
+        "TruncatedSVD": TruncatedSVD(n_components=2, random_state=seed).fit_transform(features),
+    }

@@ -1,0 +1,294 @@
+"""Candidate models, leakage-free imbalanced-learning pipelines and the AUPRC search.
+
+Every fitted step (scaler, resampler, classifier) lives inside one
+``imblearn.pipeline.Pipeline``, so cross-validation refits all of it per fold and
+resampling never touches a validation fold or the test split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from imblearn.over_sampling import SMOTE
+from imblearn.pipeline import Pipeline
+from imblearn.under_sampling import NearMiss, RandomUnderSampler
+from imblearn.under_sampling.base import BaseUnderSampler
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold, TimeSeriesSplit
+from sklearn.utils.validation import check_is_fitted
+
+from ccfraud import schema
+from ccfraud.preprocess import make_preprocessor
+
+MODELS = ("logreg", "random_forest", "hist_gb")
+SAMPLERS = ("none", "class_weight", "undersample", "smote", "nearmiss")
+#: Grid keys that configure the pipeline rather than the classifier.
+PIPELINE_KEYS = ("sampler", "sampling_ratio")
+
+
+def make_classifier(model: str, seed: int = 0, **params: Any) -> BaseEstimator:
+    """An unfitted classifier by name; ``params`` are its hyper-parameters."""
+    if model == "logreg":
+        defaults = {"C": 1.0, "max_iter": 1000, "solver": "lbfgs"}
+        return LogisticRegression(**{**defaults, **params, "random_state": seed})
+    if model == "random_forest":
+        defaults = {"n_estimators": 200, "min_samples_leaf": 1, "n_jobs": 1}
+        return RandomForestClassifier(**{**defaults, **params, "random_state": seed})
+    if model == "hist_gb":
+        return HistGradientBoostingClassifier(**{**params, "random_state": seed})
+    raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+
+
+def make_sampler(name: str, ratio: float = 1.0, seed: int = 0) -> BaseEstimator | None:
+    """The resampling step by name; ``ratio`` is frauds per legitimate row after resampling.
+
+    ``none`` and ``class_weight`` resample nothing (class weights are set on the classifier).
+    """
+    if name in ("none", "class_weight"):
+        return None
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"sampling_ratio must be in (0, 1], got {ratio!r}")
+    if name == "undersample":
+        return RandomUnderSampler(sampling_strategy=ratio, random_state=seed)
+    if name == "nearmiss":
+        return NearMiss(sampling_strategy=ratio, version=1)
+    if name == "smote":
+        return SMOTE(sampling_strategy=ratio, random_state=seed)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLERS}")
+
+
+def make_pipeline(model: str, sampler: str = "none", *, sampling_ratio: float = 1.0, seed: int = 0,
+                  **params: Any) -> PriorCorrected:
+    """preprocess -> (resample) -> classifier, wrapped to undo the prior shift resampling causes."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if sampler == "class_weight":
+        params = {**params, "class_weight": "balanced"}
+    # The "sample" step always exists ("passthrough" when nothing is resampled) so a search
+    # can swap samplers in and out of the same pipeline.
+    steps = [
+        ("preprocess", make_preprocessor()),
+        ("sample", make_sampler(sampler, sampling_ratio, seed) or "passthrough"),
+        ("model", make_classifier(model, seed, **params)),
+    ]
+    return PriorCorrected(Pipeline(steps))
+
+
+def _class_weights(classifier: BaseEstimator, n_legit: int, n_fraud: int) -> tuple[float, float]:
+    weight = getattr(classifier, "class_weight", None)
+    if weight is None:
+        return 1.0, 1.0
+    if weight == "balanced":
+        total = n_legit + n_fraud
+        return total / (2 * n_legit), total / (2 * n_fraud)
+    return float(weight.get(0, 1.0)), float(weight.get(1, 1.0))
+
+
+def prior_shift_beta(pipeline: Pipeline, n_legit: int, n_fraud: int) -> float:
+    """How much resampling/class weights shrank legitimate rows relative to frauds (beta <= 1).
+
+    This is the beta of Dal Pozzolo et al. (2015): the effective fraction of
+    legitimate rows kept. Undersampling keeps legit_after of n_legit rows; SMOTE and
+    class weights shift the prior the same way, expressed as an equivalent beta.
+    """
+    legit_after, fraud_after = float(n_legit), float(n_fraud)
+    sampler = pipeline.named_steps.get("sample")
+    if hasattr(sampler, "sampling_strategy_"):
+        strategy = sampler.sampling_strategy_
+        if isinstance(sampler, BaseUnderSampler):
+            legit_after = float(strategy.get(0, n_legit))
+            fraud_after = float(strategy.get(1, n_fraud))
+        else:
+            legit_after += float(strategy.get(0, 0))
+            fraud_after += float(strategy.get(1, 0))
+    w_legit, w_fraud = _class_weights(pipeline.named_steps["model"], n_legit, n_fraud)
+    return (legit_after * w_legit / (fraud_after * w_fraud)) / (n_legit / n_fraud)
+
+
+def correct_probability(p_sampled: np.ndarray, beta: float) -> np.ndarray:
+    """Dal Pozzolo et al. (2015): p = beta*p_s / ((beta - 1)*p_s + 1)."""
+    p_sampled = np.asarray(p_sampled, dtype=float)
+    return beta * p_sampled / ((beta - 1.0) * p_sampled + 1.0)
+
+
+class PriorCorrected(ClassifierMixin, BaseEstimator):
+    """A pipeline whose fraud probabilities are corrected for the resampling it trained on.
+
+    Ranking (and so AUPRC) is unchanged; probabilities become estimates of the real
+    fraud rate, which the threshold, the Brier score and a fraud analyst rely on.
+    """
+
+    def __init__(self, estimator: Pipeline):
+        self.estimator = estimator
+
+    def fit(self, X: pd.DataFrame, y) -> PriorCorrected:
+        y = np.asarray(y, dtype=int)
+        n_fraud = int(y.sum())
+        n_legit = len(y) - n_fraud
+        if n_fraud == 0 or n_legit == 0:
+            raise ValueError(f"training needs both classes, got {n_legit} legitimate and {n_fraud} fraud rows")
+        self.estimator_ = clone(self.estimator).fit(X[schema.FEATURES], y)
+        self.beta_ = float(prior_shift_beta(self.estimator_, n_legit, n_fraud))
+        self.classes_ = np.array([0, 1])
+        self.feature_names_in_ = np.array(schema.FEATURES, dtype=object)
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        p = self.estimator_.predict_proba(X[schema.FEATURES])[:, 1]
+        if self.beta_ != 1.0:
+            p = correct_probability(p, self.beta_)
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+
+def cv_splitter(split_strategy: str, folds: int, seed: int = 0):
+    """Folds that respect how the test split was made: forward-chaining in time for ``time``."""
+    if folds < 2:
+        raise ValueError(f"cv_folds must be at least 2, got {folds}")
+    if split_strategy == "time":
+        return TimeSeriesSplit(n_splits=folds)
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+
+
+def _grid(spec: dict[str, Any], seed: int) -> list[dict[str, list]]:
+    """Turn a params.yaml candidate spec into GridSearchCV grids (one per sampler choice)."""
+    spec = dict(spec)
+    samplers = spec.pop("sampler", ["none"])
+    ratios = spec.pop("sampling_ratio", [1.0])
+    samplers = samplers if isinstance(samplers, list) else [samplers]
+    ratios = ratios if isinstance(ratios, list) else [ratios]
+    model_grid = {f"estimator__model__{k}": (v if isinstance(v, list) else [v]) for k, v in spec.items()}
+    grids = []
+    for sampler in samplers:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        grid = dict(model_grid)
+        grid["estimator__model__class_weight"] = ["balanced" if sampler == "class_weight" else None]
+        resamplers = [make_sampler(sampler, r, seed) for r in ratios]
+        grid["estimator__sample"] = [r for r in resamplers if r is not None] or ["passthrough"]
+        grids.append(grid)
+    return grids
+
+
+@dataclass
+class SearchResult:
+    """One candidate's search: the refitted best estimator and how it scored in CV."""
+
+    name: str
+    model: str
+    best_estimator: PriorCorrected
+    best_params: dict[str, Any]
+    cv_auprc_mean: float
+    cv_auprc_std: float
+    fit_seconds: float
+    search_seconds: float
+    n_configs: int
+    table: pd.DataFrame = field(repr=False)
+
+    def describe_params(self) -> dict[str, Any]:
+        """Best parameters with the sampler named, for tables and metadata."""
+        return short_params(self.best_params)
+
+
+def short_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Search parameters as a reader wants them: ``C`` not ``estimator__model__C``, samplers by name."""
+    out = {}
+    for key, value in params.items():
+        short = key.replace("estimator__model__", "").replace("estimator__", "")
+        if hasattr(value, "fit_resample"):
+            value = f"{type(value).__name__}({value.sampling_strategy})"
+        out[short] = value
+    return out
+
+
+def search_candidate(
+    name: str,
+    spec: dict[str, Any],
+    X: pd.DataFrame,
+    y,
+    *,
+    split_strategy: str = "time",
+    folds: int = 3,
+    seed: int = 0,
+    n_jobs: int = 1,
+) -> SearchResult:
+    """Grid-search one candidate by cross-validated average precision on the train split only."""
+    spec = dict(spec)
+    model = spec.pop("model", name)
+    base = make_pipeline(model, "none", seed=seed)
+    grids = _grid(spec, seed)
+    search = GridSearchCV(
+        base,
+        grids,
+        scoring="average_precision",
+        cv=cv_splitter(split_strategy, folds, seed),
+        n_jobs=n_jobs,
+        refit=True,
+        error_score="raise",
+    )
+    started = time.perf_counter()
+    search.fit(X[schema.FEATURES], np.asarray(y, dtype=int))
+    elapsed = time.perf_counter() - started
+    results = pd.DataFrame(search.cv_results_)
+    best = search.best_index_
+    table = pd.DataFrame(
+        {
+            "candidate": name,
+            "params": [short_params(p) for p in results["params"]],
+            "cv_auprc_mean": results["mean_test_score"],
+            "cv_auprc_std": results["std_test_score"],
+            "fit_seconds": results["mean_fit_time"],
+        }
+    )
+    return SearchResult(
+        name=name,
+        model=model,
+        best_estimator=search.best_estimator_,
+        best_params=search.best_params_,
+        cv_auprc_mean=float(results.loc[best, "mean_test_score"]),
+        cv_auprc_std=float(results.loc[best, "std_test_score"]),
+        fit_seconds=float(results.loc[best, "mean_fit_time"]),
+        search_seconds=elapsed,
+        n_configs=len(results),
+        table=table,
+    )
+
+
+def search_all(candidates: dict[str, dict[str, Any]], X: pd.DataFrame, y, **kwargs: Any) -> list[SearchResult]:
+    """Search every candidate; the list is sorted best first by CV AUPRC."""
+    if not candidates:
+        raise ValueError("no candidates to train: params.yaml train.candidates is empty")
+    results = [search_candidate(name, spec or {}, X, y, **kwargs) for name, spec in candidates.items()]
+    return sorted(results, key=lambda r: r.cv_auprc_mean, reverse=True)
+
+
+def candidates_table(results: list[SearchResult]) -> pd.DataFrame:
+    """One row per candidate: its best configuration, CV AUPRC mean and std, fit time."""
+    return pd.DataFrame(
+        [
+            {
+                "candidate": r.name,
+                "best_params": r.describe_params(),
+                "cv_auprc_mean": round(r.cv_auprc_mean, 4),
+                "cv_auprc_std": round(r.cv_auprc_std, 4),
+                "fit_seconds": round(r.fit_seconds, 2),
+                "configs_tried": r.n_configs,
+                "search_seconds": round(r.search_seconds, 1),
+            }
+            for r in results
+        ]
+    )
+
+
+def fraud_probability(model: BaseEstimator, frame: pd.DataFrame) -> np.ndarray:
+    """P(fraud) for each row, features taken by name in the one feature order."""
+    return model.predict_proba(frame[schema.FEATURES])[:, 1]

@@ -1,0 +1,84 @@
+"""Run a stage notebook with papermill and render it to an HTML report.
+
+The executed notebook *is* the report: one artefact a reviewer can open in a
+browser, with code cells hidden unless the stage's ``show_code`` parameter asks.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from ccfraud import atomicio
+
+NOTEBOOKS_DIR = Path("notebooks")
+REPORTS_DIR = Path("reports")
+
+
+def stage_notebook(stage: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
+    """Find ``NN_<stage>.ipynb``: the notebook that implements a DVC stage."""
+    matches = sorted(notebooks_dir.glob(f"[0-9][0-9]_{stage}.ipynb"))
+    if len(matches) != 1:
+        found = sorted(p.name for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+        raise ValueError(f"stage '{stage}': expected one notebook {notebooks_dir}/NN_{stage}.ipynb, found {found}")
+    return matches[0]
+
+
+def notebook_to_html(notebook: Path, html: Path, *, show_code: bool = False) -> Path:
+    """Render an executed notebook to HTML; input cells and prompts hidden unless ``show_code``."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    atomicio.write_text(html, body)
+    return html
+
+
+def run_stage_notebook(
+    stage: str,
+    parameters: dict[str, Any],
+    *,
+    root: Path = Path("."),
+    show_code: bool = False,
+) -> tuple[Path, Path]:
+    """Execute ``notebooks/NN_<stage>.ipynb`` with ``parameters`` and write its ipynb and HTML reports.
+
+    The executed notebook is written to a temp file first: on failure it is kept
+    next to the reports as ``NN_<stage>.failed.ipynb`` (to see which cell failed)
+    and no report is left that looks like a success.
+    """
+    import papermill
+
+    root = root.resolve()
+    source = stage_notebook(stage, root / NOTEBOOKS_DIR)
+    reports = root / REPORTS_DIR
+    reports.mkdir(parents=True, exist_ok=True)
+    executed = reports / source.name
+    html = executed.with_suffix(".html")
+    failed = executed.with_suffix(".failed.ipynb")
+    for stale in (executed, html, failed):
+        stale.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=reports, prefix=f".{source.stem}.", suffix=".ipynb")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(tmp),
+            parameters=parameters,
+            cwd=str(root),
+            progress_bar=True,
+            report_mode=False,
+        )
+    except BaseException:
+        if tmp.exists() and tmp.stat().st_size:
+            os.replace(tmp, failed)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, executed)
+    notebook_to_html(executed, html, show_code=show_code)
+    return executed, html

@@ -1,0 +1,109 @@
+"""The one feature spec: the creditcard.csv columns and their rules.
+
+Training, serving and every data check import the column lists from here, so a
+column can never be added in one place and forgotten in another.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+TIME = "Time"
+AMOUNT = "Amount"
+TARGET = "Class"
+PCA_FEATURES: list[str] = [f"V{i}" for i in range(1, 29)]
+#: Model inputs, in the order the model sees them.
+FEATURES: list[str] = [TIME, *PCA_FEATURES, AMOUNT]
+#: The columns of a creditcard.csv file, in file order.
+COLUMNS: list[str] = [*FEATURES, TARGET]
+#: Features that are not PCA components and need scaling.
+SCALED_FEATURES: list[str] = [TIME, AMOUNT]
+
+
+class SchemaError(ValueError):
+    """The data does not follow the creditcard.csv contract; the message says where."""
+
+
+def _first_bad_row(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def check_columns(columns: list[str], *, require_target: bool = True, where: str = "data") -> None:
+    """Raise SchemaError unless ``columns`` are exactly the expected ones (order free)."""
+    expected = COLUMNS if require_target else FEATURES
+    found = [str(c) for c in columns]
+    missing = [c for c in expected if c not in found]
+    allowed = set(COLUMNS)
+    unknown = [c for c in found if c not in allowed]
+    duplicated = sorted({c for c in found if found.count(c) > 1})
+    problems = []
+    if missing:
+        problems.append(f"missing column(s) {missing}")
+    if unknown:
+        problems.append(f"unexpected column(s) {unknown}")
+    if duplicated:
+        problems.append(f"duplicated column(s) {duplicated}")
+    if problems:
+        raise SchemaError(f"{where}: {'; '.join(problems)}; expected columns {expected}")
+
+
+def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "data") -> pd.DataFrame:
+    """Return ``frame[columns]`` as float64, naming the first non-numeric or non-finite value.
+
+    Row numbers in errors count data rows from 0 (the header is not a row).
+    """
+    out = {}
+    for column in columns:
+        raw = frame[column]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna().to_numpy() & raw.notna().to_numpy()
+        if bad.any():
+            row = _first_bad_row(bad)
+            raise SchemaError(
+                f"{where}: column '{column}': {int(bad.sum())} non-numeric value(s), "
+                f"first at row {row}: {raw.iloc[row]!r}"
+            )
+        array = values.to_numpy(dtype="float64", na_value=np.nan)
+        nonfinite = ~np.isfinite(array)
+        if nonfinite.any():
+            row = _first_bad_row(nonfinite)
+            raise SchemaError(
+                f"{where}: column '{column}': {int(nonfinite.sum())} missing or infinite value(s), "
+                f"first at row {row}: {float(array[row])!r}"
+            )
+        out[column] = array
+    return pd.DataFrame(out, index=frame.index)
+
+
+def validate_dataset(frame: pd.DataFrame, *, where: str = "data") -> pd.DataFrame:
+    """Check a labelled creditcard-format frame and return it numeric, in file column order.
+
+    Rules: exactly the expected columns, every value numeric and finite, ``Class``
+    in {0, 1}, and at least one row of each class (a model needs both).
+    """
+    check_columns(list(frame.columns), require_target=True, where=where)
+    if len(frame) == 0:
+        raise SchemaError(f"{where}: no data rows (only a header or nothing at all)")
+    clean = coerce_numeric(frame, COLUMNS, where=where)
+    labels = clean[TARGET].to_numpy()
+    not_binary = ~np.isin(labels, (0.0, 1.0))
+    if not_binary.any():
+        row = _first_bad_row(not_binary)
+        raise SchemaError(
+            f"{where}: column '{TARGET}': {int(not_binary.sum())} value(s) outside {{0, 1}}, "
+            f"first at row {row}: {labels[row]!r}"
+        )
+    clean[TARGET] = clean[TARGET].astype("int64")
+    counts = clean[TARGET].value_counts()
+    for label, name in ((0, "legitimate (Class 0)"), (1, "fraud (Class 1)")):
+        if counts.get(label, 0) == 0:
+            raise SchemaError(f"{where}: column '{TARGET}': no {name} rows; both classes are required")
+    return clean
+
+
+def validate_features(frame: pd.DataFrame, *, where: str = "input") -> pd.DataFrame:
+    """Check unlabelled rows for scoring; ``Class`` may be present and is dropped."""
+    columns = [c for c in frame.columns if c != TARGET]
+    check_columns(columns, require_target=False, where=where)
+    return coerce_numeric(frame, FEATURES, where=where)

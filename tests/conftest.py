@@ -1,0 +1,79 @@
+"""Shared pytest fixtures; the S3 server fixture lives in s3_fixtures.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest_plugins = ["s3_fixtures"]
+
+ROOT = Path(__file__).resolve().parents[1]
+#: A small dataset that still has enough frauds in every split.
+SMALL_SOURCE = "synthetic://?rows=20000&frauds=200&seed=3"
+#: What the end-to-end copy of the repository needs to run `dvc repro`.
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".gitignore")
+PROJECT_DIRS = ("notebooks", "lib")
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for subprocesses: this venv's executables (dvc, ccfraud, papermill) first."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("GIT_AUTHOR_NAME", "ccfraud tests")
+    env.setdefault("GIT_AUTHOR_EMAIL", "tests@example.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "ccfraud tests")
+    env.setdefault("GIT_COMMITTER_EMAIL", "tests@example.invalid")
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command, failing the test with its output when it fails."""
+    result = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\n"
+                    f"stderr:\n{result.stderr[-4000:]}")
+    return result
+
+
+def set_params(repo: Path, updates: dict[str, dict]) -> None:
+    """Change keys of params.yaml in a repository copy, section by section."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in updates.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_project_copy(dest: Path, source: str = SMALL_SOURCE) -> Path:
+    """A fresh git repository holding the pipeline definition, pointed at ``source``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        if (ROOT / name).exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    for name in PROJECT_DIRS:
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    set_params(dest, {"download": {"source": source}})
+    run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "pipeline copy"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> Path:
+    """A temporary copy of the repository where `dvc repro` has run on a small synthetic dataset.
+
+    Shared by the end-to-end, report and browser tests so the pipeline runs once per session.
+    """
+    repo = make_project_copy(tmp_path_factory.mktemp("pipeline") / "repo")
+    result = run(["dvc", "repro"], repo)
+    (repo / "repro.log").write_text(result.stdout + result.stderr)
+    return repo

@@ -1,0 +1,79 @@
+"""Metrics, threshold rules and intervals, checked against hand-computable cases."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from ccfraud import evaluation
+
+Y = np.array([0, 0, 0, 0, 0, 0, 1, 0, 1, 1])
+P = np.array([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.9])
+AMOUNT = np.array([10, 10, 10, 10, 10, 10, 100, 10, 50, 200.0])
+
+
+def test_counts_and_money_at_a_threshold():
+    out = evaluation.at_threshold(Y, P, 0.5, amount=AMOUNT, review_cost=5.0)
+    assert (out["tp"], out["fp"], out["fn"], out["tn"]) == (2, 1, 1, 6)
+    assert out["precision"] == pytest.approx(2 / 3)
+    assert out["recall"] == pytest.approx(2 / 3)
+    assert out["fraud_amount_caught"] == 250.0
+    assert out["fraud_amount_missed"] == 100.0
+    assert out["net_saving"] == pytest.approx(250.0 - 5.0 * 3)
+
+
+def test_precision_at_k():
+    assert evaluation.precision_at_k(Y, P, 2) == 1.0
+    assert evaluation.precision_at_k(Y, P, 3) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="k must be positive"):
+        evaluation.precision_at_k(Y, P, 0)
+
+
+def test_max_f1_threshold_beats_every_other_cut():
+    chosen = evaluation.choose_threshold(Y, P, "max_f1")
+    best = evaluation.at_threshold(Y, P, chosen)["f1"]
+    assert all(evaluation.at_threshold(Y, P, t)["f1"] <= best + 1e-12 for t in P)
+
+
+def test_precision_and_recall_targets():
+    t = evaluation.choose_threshold(Y, P, "precision", target_precision=1.0)
+    assert t == pytest.approx(0.7)
+    t = evaluation.choose_threshold(Y, P, "recall", target_recall=1.0)
+    assert t == pytest.approx(0.4)
+
+
+def test_min_cost_prefers_alerting_when_reviews_are_cheap_and_nothing_when_expensive():
+    cheap = evaluation.choose_threshold(Y, P, "min_cost", amount=AMOUNT, review_cost=1.0)
+    assert evaluation.at_threshold(Y, P, cheap)["recall"] == 1.0
+    dear = evaluation.choose_threshold(Y, P, "min_cost", amount=AMOUNT, review_cost=1000.0)
+    assert evaluation.at_threshold(Y, P, dear)["alerts"] == 0
+
+
+def test_bad_threshold_rule():
+    with pytest.raises(ValueError, match="threshold rule must be one of"):
+        evaluation.choose_threshold(Y, P, "accuracy")
+    with pytest.raises(ValueError, match="needs transaction amounts"):
+        evaluation.choose_threshold(Y, P, "min_cost")
+
+
+def test_evaluate_reports_auprc_with_an_interval_around_it():
+    rng = np.random.default_rng(0)
+    y = (rng.random(3000) < 0.05).astype(int)
+    p = np.clip(0.3 * y + rng.random(3000) * 0.7, 0, 1)
+    metrics = evaluation.evaluate(y, p, 0.5, bootstrap=100, seed=1)
+    assert metrics["auprc"] == pytest.approx(average_precision_score(y, p))
+    low, high = metrics["auprc_ci95"]
+    assert low < metrics["auprc"] < high
+    assert "accuracy" not in metrics
+
+
+def test_curves_have_the_plot_columns():
+    curves = evaluation.curves(Y, P, n_bins=2)
+    assert list(curves["pr_curve"].columns) == ["recall", "precision"]
+    assert list(curves["roc_curve"].columns) == ["fpr", "tpr"]
+    assert list(curves["threshold"].columns) == ["threshold", "precision", "recall"]
+    assert len(evaluation.thin_curve(curves["roc_curve"], max_points=3)) <= 3
+
+
+def test_label_validation():
+    with pytest.raises(ValueError, match="equal length"):
+        evaluation.evaluate(Y[:-1], P, 0.5)

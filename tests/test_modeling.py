@@ -1,0 +1,105 @@
+"""Post-train checks: leakage-free pipelines, corrected probabilities, beating a dummy."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from imblearn.under_sampling import RandomUnderSampler
+from sklearn.dummy import DummyClassifier
+from sklearn.metrics import average_precision_score
+
+from ccfraud import modeling, preprocess, schema, synthetic
+
+
+@pytest.fixture(scope="module")
+def splits() -> preprocess.Splits:
+    return preprocess.split(synthetic.generate(rows=12000, frauds=200, seed=11), "time")
+
+
+def test_resampling_lives_inside_the_pipeline_only(splits):
+    model = modeling.make_pipeline("logreg", "undersample", sampling_ratio=0.5, seed=0)
+    before = splits.train.copy()
+    model.fit(splits.train, splits.train[schema.TARGET])
+    pd.testing.assert_frame_equal(splits.train, before)
+    sampler = model.estimator_.named_steps["sample"]
+    assert isinstance(sampler, RandomUnderSampler)
+    # Scoring does not resample: one probability per input row, in order.
+    assert len(modeling.fraud_probability(model, splits.test)) == len(splits.test)
+
+
+@pytest.mark.parametrize("sampler", ["none", "class_weight", "undersample", "smote", "nearmiss"])
+def test_probabilities_are_valid_for_every_sampler(splits, sampler):
+    model = modeling.make_pipeline("logreg", sampler, sampling_ratio=0.2, seed=0)
+    model.fit(splits.train, splits.train[schema.TARGET])
+    p = modeling.fraud_probability(model, splits.valid)
+    assert np.all((p >= 0) & (p <= 1))
+    assert model.beta_ == pytest.approx(1.0) if sampler == "none" else model.beta_ < 1.0
+
+
+def test_prior_correction_brings_probabilities_back_to_the_fraud_rate(splits):
+    train, y = splits.train, splits.train[schema.TARGET]
+    corrected = modeling.make_pipeline("logreg", "undersample", sampling_ratio=1.0, seed=0).fit(train, y)
+    raw = corrected.estimator_.predict_proba(splits.valid[schema.FEATURES])[:, 1]
+    fixed = modeling.fraud_probability(corrected, splits.valid)
+    rate = splits.valid[schema.TARGET].mean()
+    # Trained on 50/50 data the raw mean probability is far above the real fraud rate.
+    assert raw.mean() > 10 * rate
+    assert abs(fixed.mean() - rate) < abs(raw.mean() - rate) / 5
+    # Correction is monotone, so the ranking (AUPRC) is unchanged.
+    assert average_precision_score(splits.valid[schema.TARGET], fixed) == pytest.approx(
+        average_precision_score(splits.valid[schema.TARGET], raw))
+
+
+def test_beta_matches_dal_pozzolo_for_random_undersampling(splits):
+    y = splits.train[schema.TARGET]
+    model = modeling.make_pipeline("logreg", "undersample", sampling_ratio=0.25, seed=0).fit(splits.train, y)
+    n_fraud = int(y.sum())
+    kept_legit = n_fraud / 0.25
+    assert model.beta_ == pytest.approx(kept_legit / (len(y) - n_fraud))
+    assert modeling.correct_probability(np.array([0.5]), 0.1)[0] == pytest.approx(0.05 / 0.55)
+
+
+def test_a_model_beats_a_stratified_dummy_by_a_wide_margin(splits):
+    y = splits.train[schema.TARGET]
+    model = modeling.make_pipeline("hist_gb", "none", seed=0).fit(splits.train, y)
+    dummy = DummyClassifier(strategy="stratified", random_state=0).fit(splits.train[schema.FEATURES], y)
+    y_test = splits.test[schema.TARGET]
+    ap_model = average_precision_score(y_test, modeling.fraud_probability(model, splits.test))
+    ap_dummy = average_precision_score(y_test, dummy.predict_proba(splits.test[schema.FEATURES])[:, 1])
+    assert ap_model > ap_dummy + 0.3
+
+
+def test_search_scores_candidates_by_cv_auprc_and_sorts_them(splits):
+    candidates = {
+        "logreg": {"sampler": ["class_weight", "none"], "C": [0.1, 1.0]},
+        "tiny_forest": {"model": "random_forest", "sampler": "undersample", "sampling_ratio": 0.2,
+                        "n_estimators": 20},
+    }
+    results = modeling.search_all(candidates, splits.train, splits.train[schema.TARGET], folds=2, seed=0)
+    assert [r.cv_auprc_mean for r in results] == sorted((r.cv_auprc_mean for r in results), reverse=True)
+    by_name = {r.name: r for r in results}
+    assert by_name["logreg"].n_configs == 4
+    assert 0.0 < by_name["logreg"].cv_auprc_mean <= 1.0
+    assert "RandomUnderSampler" in str(by_name["tiny_forest"].describe_params()["sample"])
+    table = modeling.candidates_table(results)
+    assert list(table["candidate"]) == [r.name for r in results]
+
+
+def test_time_split_uses_forward_chaining_folds():
+    folds = list(modeling.cv_splitter("time", 3).split(np.zeros((40, 1))))
+    assert all(train.max() < test.min() for train, test in folds)
+    with pytest.raises(ValueError, match="at least 2"):
+        modeling.cv_splitter("time", 1)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: modeling.make_classifier("svm"), "unknown model 'svm'"),
+        (lambda: modeling.make_pipeline("logreg", "oversample"), "unknown sampler 'oversample'"),
+        (lambda: modeling.make_sampler("undersample", 0.0), r"sampling_ratio must be in \(0, 1\]"),
+        (lambda: modeling.search_all({}, None, None), "train.candidates is empty"),
+    ],
+)
+def test_bad_configuration_is_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -1,0 +1,63 @@
+"""The one feature spec: column rules and the errors that name what is wrong."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ccfraud import schema
+
+
+def frame(rows: int = 4) -> pd.DataFrame:
+    data = {c: np.arange(rows, dtype=float) for c in schema.FEATURES}
+    data[schema.TARGET] = [0, 1] * (rows // 2)
+    return pd.DataFrame(data)
+
+
+def test_feature_order_is_time_pcas_amount():
+    assert schema.FEATURES[0] == "Time" and schema.FEATURES[-1] == "Amount"
+    assert schema.FEATURES[1:-1] == [f"V{i}" for i in range(1, 29)]
+    assert schema.COLUMNS == [*schema.FEATURES, "Class"]
+
+
+def test_valid_frame_is_returned_numeric_in_file_order():
+    shuffled = frame()[list(reversed(schema.COLUMNS))]
+    clean = schema.validate_dataset(shuffled)
+    assert list(clean.columns) == schema.COLUMNS
+    assert clean[schema.TARGET].dtype == np.int64
+
+
+def test_quoted_numbers_as_strings_are_accepted():
+    data = frame().astype(str)
+    assert schema.validate_dataset(data)["V1"].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda f: f.drop(columns=["V7"]), r"missing column\(s\) \['V7'\]"),
+        (lambda f: f.assign(extra=1.0), r"unexpected column\(s\) \['extra'\]"),
+        (lambda f: f.assign(V3=["1.0", "x", "2", "y"]), r"column 'V3': 2 non-numeric value\(s\), first at row 1: 'x'"),
+        (lambda f: f.assign(Amount=[1.0, np.nan, 2.0, 3.0]), r"column 'Amount': 1 missing or infinite value\(s\)"),
+        (lambda f: f.assign(V1=[1.0, 2.0, np.inf, 3.0]), r"column 'V1': .*first at row 2: inf"),
+        (lambda f: f.assign(Class=[0, 1, 2, 0]), r"column 'Class': 1 value\(s\) outside \{0, 1\}, first at row 2"),
+        (lambda f: f.assign(Class=0), r"no fraud \(Class 1\) rows"),
+        (lambda f: f.assign(Class=1), r"no legitimate \(Class 0\) rows"),
+        (lambda f: f.iloc[:0], r"no data rows"),
+    ],
+)
+def test_bad_datasets_name_the_problem(mutate, message):
+    with pytest.raises(schema.SchemaError, match=message):
+        schema.validate_dataset(mutate(frame()), where="creditcard.csv")
+
+
+def test_error_says_where():
+    with pytest.raises(schema.SchemaError, match=r"^s3://b/k: missing"):
+        schema.validate_dataset(frame().drop(columns=["Time"]), where="s3://b/k")
+
+
+def test_features_for_scoring_ignore_class_and_keep_model_order():
+    data = frame().drop(columns=["Class"])[list(reversed(schema.FEATURES))]
+    assert list(schema.validate_features(data).columns) == schema.FEATURES
+    assert list(schema.validate_features(frame()).columns) == schema.FEATURES
+    with pytest.raises(schema.SchemaError, match=r"missing column\(s\) \['V28'\]"):
+        schema.validate_features(data.drop(columns=["V28"]))
