@@ -178,8 +178,8 @@ def bootstrap_intervals(
         raise ValueError("bootstrap: no resample contained both classes")
     alpha = (1 - level) / 2
     return {
-        "auprc": [float(np.quantile(aps, alpha)), float(np.quantile(aps, 1 - alpha))],
-        "recall": [float(np.quantile(recalls, alpha)), float(np.quantile(recalls, 1 - alpha))],
+        "auprc": [round(float(np.quantile(aps, q)), 6) for q in (alpha, 1 - alpha)],
+        "recall": [round(float(np.quantile(recalls, q)), 6) for q in (alpha, 1 - alpha)],
     }
 
 

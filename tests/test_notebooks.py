@@ -1,0 +1,56 @@
+"""Notebooks are committed clean and keep the contract papermill and DVC rely on.
+
+Running them with their default parameters is nbval's job (``--nbval-lax notebooks``,
+configured in pyproject.toml); these tests check the files themselves.
+"""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SECRET_NAMES = ("aws_access_key_id", "aws_secret_access_key", "secret", "password", "token")
+
+
+def test_one_notebook_per_dvc_stage():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert [nb.stem.split("_", 1)[1] for nb in NOTEBOOKS] == list(stages)
+    for index, (name, stage) in enumerate(stages.items(), start=1):
+        assert f"notebooks/{index:02d}_{name}.ipynb" in stage["deps"]
+        assert f"reports/{index:02d}_{name}.html" in stage["outs"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: a code cell has outputs"
+            assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exactly_one_parameters_cell_without_secrets(path):
+    notebook = nbformat.read(path, as_version=4)
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}"
+    source = tagged[0].source.lower()
+    assert not any(name in source for name in SECRET_NAMES), f"{path.name}: a secret-looking parameter"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stage_parameters_are_notebook_parameters(path):
+    """Every key params.yaml passes to a stage (and every -p in dvc.yaml) is declared in its notebook."""
+    stage = path.stem.split("_", 1)[1]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())[stage]
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["cmd"]
+    passed = {k for k in params if k != "show_code"} | {
+        word.split("=", 1)[0] for word in cmd.split() if "=" in word
+    }
+    notebook = nbformat.read(path, as_version=4)
+    source = next(c.source for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    declared = {line.split("=", 1)[0].strip() for line in source.splitlines() if "=" in line and line[0].isalpha()}
+    assert passed <= declared, f"{path.name}: parameters {sorted(passed - declared)} are not declared"

@@ -1,0 +1,98 @@
+"""End to end: `dvc repro` in a temporary copy of the repository on a small synthetic dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run, set_params
+
+pytestmark = pytest.mark.slow
+
+REPORT_SECTIONS = {
+    "01_download.html": ["Download: fetch and verify the dataset", "What was downloaded", "Class balance"],
+    "02_eda_preprocess.html": ["Exploratory analysis and preprocessing", "Correlations", "2-D projections",
+                               "Outliers", "Preprocessing"],
+    "03_train.html": ["Train: an honest fraud model", "Candidate search", "Threshold", "Test split",
+                      "seed project"],
+}
+
+
+def copy_repo(repo: Path, dest: Path) -> Path:
+    """A copy including DVC's cache and lock file, so it starts exactly where ``repo`` is."""
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
+def ran_stages(output: str) -> set[str]:
+    return {name for name in ("download", "eda_preprocess", "train") if f"Running stage '{name}'" in output}
+
+
+def test_every_stage_leaves_its_report_and_outputs(pipeline_run):
+    for name, sections in REPORT_SECTIONS.items():
+        html = (pipeline_run / "reports" / name).read_text()
+        for section in sections:
+            assert section in html, f"{name}: section {section!r} missing"
+        assert "Traceback" not in html
+        assert (pipeline_run / "reports" / name.replace(".html", ".ipynb")).exists()
+    for path in ("data/raw/creditcard.csv", "data/processed/train.parquet", "data/processed/test.parquet",
+                 "models/model.skops", "models/model.json", "reports/plots/pr_curve.csv",
+                 "reports/plots/confusion.csv"):
+        assert (pipeline_run / path).stat().st_size > 0, path
+
+
+def test_reports_hide_code_by_default(pipeline_run):
+    html = (pipeline_run / "reports" / "03_train.html").read_text()
+    assert "modeling.search_all(" not in html
+
+
+def test_metrics_have_the_expected_keys_and_sane_values(pipeline_run):
+    metrics = json.loads((pipeline_run / "reports" / "metrics.json").read_text())
+    test = metrics["test"]
+    for key in ("auprc", "roc_auc", "precision", "recall", "f1", "brier", "tp", "fp", "tn", "fn",
+                "auprc_ci95", "recall_ci95", "net_saving", "fraud_amount_caught", "precision_at_100"):
+        assert key in test, key
+    assert 0.0 < test["auprc"] <= 1.0 and 0.5 < test["roc_auc"] <= 1.0
+    assert test["auprc_ci95"][0] <= test["auprc"] <= test["auprc_ci95"][1]
+    assert 0.0 < metrics["threshold"] < 1.0
+    assert test["tp"] + test["fn"] == test["frauds"] > 0
+    assert "accuracy" not in test
+    seed = metrics["seed_baseline"]
+    assert seed["accuracy_on_balanced_holdout"] > seed["precision"]
+    assert test["auprc"] > seed["auprc"]
+    model = json.loads((pipeline_run / "models" / "model.json").read_text())
+    assert model["threshold"] == pytest.approx(metrics["threshold"])
+    assert model["model_version"] == metrics["model_version"]
+
+
+def test_second_repro_runs_nothing(pipeline_run):
+    result = run(["dvc", "repro"], pipeline_run)
+    assert ran_stages(result.stdout + result.stderr) == set()
+    status = run(["dvc", "status"], pipeline_run)
+    assert "up to date" in status.stdout
+
+
+def test_changing_a_train_parameter_reruns_only_train(pipeline_run, tmp_path):
+    repo = copy_repo(pipeline_run, tmp_path / "repo")
+    set_params(repo, {"train": {"top_k": 50}})
+    result = run(["dvc", "repro"], repo)
+    assert ran_stages(result.stdout + result.stderr) == {"train"}
+    assert "precision_at_50" in json.loads((repo / "reports" / "metrics.json").read_text())["test"]
+
+
+def test_same_inputs_give_identical_metrics(pipeline_run, tmp_path):
+    repo = copy_repo(pipeline_run, tmp_path / "repo")
+    run(["dvc", "repro", "--force", "--single-item", "train"], repo)
+    assert (repo / "reports" / "metrics.json").read_text() == (pipeline_run / "reports" / "metrics.json").read_text()
+
+
+def test_a_failing_download_leaves_no_data_behind(tmp_path):
+    from conftest import make_project_copy
+
+    repo = make_project_copy(tmp_path / "repo", source=str(tmp_path / "does-not-exist.csv"))
+    result = run(["dvc", "repro"], repo, check=False)
+    assert result.returncode != 0
+    assert "does-not-exist.csv" in result.stdout + result.stderr
+    assert not (repo / "data" / "raw").exists() or not any((repo / "data" / "raw").iterdir())
