@@ -33,7 +33,9 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
     """Run a command, failing the test with its output when it fails."""
     result = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True)
     if check and result.returncode != 0:

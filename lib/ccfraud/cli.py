@@ -46,6 +46,24 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pr_report(args: argparse.Namespace) -> int:
+    from ccfraud.pr_report import ReportError, write_report
+
+    try:
+        out = write_report(args.base, out=Path(args.out))
+    except ReportError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"[ccfraud] wrote {out} (against {args.base})", file=sys.stderr, flush=True)
+    return 0
+
+
+def _cmd_s3_server(args: argparse.Namespace) -> int:
+    from ccfraud.s3_server import run_local_server
+
+    run_local_server(args.dir, bucket=args.bucket, s3_port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccfraud", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                        help="extra notebook parameter, e.g. the stage's input/output paths (repeatable)")
     stage.set_defaults(func=_cmd_stage)
+
+    report = commands.add_parser("pr-report", help="write the pull-request Markdown report: metrics and params "
+                                 "diff against a base revision, plots, stage reports")
+    report.add_argument("--base", default="main", help="git revision to compare with (default: main)")
+    report.add_argument("--out", default="reports/pr_report.md", help="Markdown file (default: reports/pr_report.md)")
+    report.set_defaults(func=_cmd_pr_report)
+
+    server = commands.add_parser("s3-server", help="run a local SeaweedFS S3 server on 127.0.0.1 until Ctrl-C")
+    server.add_argument("--dir", default=".s3-data", help="data directory (default: .s3-data)")
+    server.add_argument("--bucket", default="ccfraud", help="bucket to create (default: ccfraud)")
+    server.add_argument("--port", type=int, default=8333, help="S3 port on 127.0.0.1 (default: 8333)")
+    server.set_defaults(func=_cmd_s3_server)
     return parser
 
 
