@@ -289,6 +289,11 @@ def candidates_table(results: list[SearchResult]) -> pd.DataFrame:
     )
 
 
+def refit(estimator: BaseEstimator, frame: pd.DataFrame) -> BaseEstimator:
+    """A fresh copy of a chosen configuration fitted on ``frame`` (features and Class)."""
+    return clone(estimator).fit(frame, frame[schema.TARGET])
+
+
 def fraud_probability(model: BaseEstimator, frame: pd.DataFrame) -> np.ndarray:
     """P(fraud) for each row, features taken by name in the one feature order."""
     return model.predict_proba(frame[schema.FEATURES])[:, 1]

@@ -40,6 +40,18 @@ def load_processed(processed_dir: Path) -> tuple[preprocess.Splits, dict]:
     return preprocess.read_splits(Path(processed_dir)), manifest
 
 
+REFIT_CHOICES = ("train", "train_valid")
+
+
+def refit_rows(splits: preprocess.Splits, refit_on: str) -> pd.DataFrame:
+    """The rows the final model learns from once search and threshold are settled (never the test split)."""
+    if refit_on == "train":
+        return splits.train
+    if refit_on == "train_valid":
+        return pd.concat([splits.train, splits.valid], ignore_index=True)
+    raise ValueError(f"refit_on must be one of {REFIT_CHOICES}, got {refit_on!r}")
+
+
 def _md5(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:
@@ -75,12 +87,15 @@ def write_plots(reports_dir: Path, test_curves: dict[str, pd.DataFrame], valid_c
 
 def finish_run(
     *,
+    model: Any,
+    refit_on: str,
     best: SearchResult,
     results: list[SearchResult],
     threshold: float,
     threshold_rule: str,
     metrics_test: dict,
     metrics_seed: dict,
+    metrics_reference: dict,
     seed_model: SeedBaseline,
     seed_accuracy_on_test: float,
     test_curves: dict[str, pd.DataFrame],
@@ -99,6 +114,7 @@ def finish_run(
         "model": best.name,
         "threshold": round(float(threshold), 6),
         "threshold_rule": threshold_rule,
+        "refit_on": refit_on,
         "split": manifest.get("split"),
         "test": _round(metrics_test),
         "cv": {"auprc_mean": round(best.cv_auprc_mean, 6), "auprc_std": round(best.cv_auprc_std, 6)},
@@ -114,19 +130,22 @@ def finish_run(
             "accuracy_on_balanced_holdout": round(seed_model.balanced_accuracy_claim, 6),
             "accuracy_on_test": round(seed_accuracy_on_test, 6),
         },
+        "reference_untuned_hgb": {"auprc": round(metrics_reference["auprc"], 6),
+                                  "roc_auc": round(metrics_reference["roc_auc"], 6)},
     }
     training_data = {}
     if processed_dir is not None:
         training_data = {name: _md5(Path(processed_dir) / f"{name}.parquet") for name in preprocess.SPLIT_NAMES}
     meta = artifacts.save_model(
-        best.best_estimator,
+        model,
         model_dir,
         threshold=float(threshold),
         extra={
             "candidate": best.name,
             "best_params": best.describe_params(),
             "threshold_rule": threshold_rule,
-            "prior_correction_beta": getattr(best.best_estimator, "beta_", 1.0),
+            "refit_on": refit_on,
+            "prior_correction_beta": getattr(model, "beta_", 1.0),
             "training_data_md5": training_data,
             "split": manifest,
             "params": params,
