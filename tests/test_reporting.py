@@ -1,0 +1,65 @@
+"""Stage runner: notebook lookup, parameters, HTML rendering and what a failure leaves behind."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from ccfraud import cli, reporting
+
+
+def write_notebook(path: Path, body: str) -> Path:
+    notebook = new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    parameters = new_code_cell("value = 1")
+    parameters.metadata["tags"] = ["parameters"]
+    notebook.cells = [new_markdown_cell("# A stage report"), parameters, new_code_cell(body)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_stage_notebook_lookup(tmp_path):
+    write_notebook(tmp_path / "notebooks" / "01_fetch.ipynb", "pass")
+    assert reporting.stage_notebook("fetch", tmp_path / "notebooks").name == "01_fetch.ipynb"
+    with pytest.raises(ValueError, match=r"stage 'train': expected one notebook .*found \['01_fetch.ipynb'\]"):
+        reporting.stage_notebook("train", tmp_path / "notebooks")
+
+
+def test_run_stage_writes_ipynb_and_html_with_code_hidden(tmp_path):
+    body = "secret_marker_code = value * 21\nprint(secret_marker_code)"
+    write_notebook(tmp_path / "notebooks" / "01_demo.ipynb", body)
+    executed, html = reporting.run_stage_notebook("demo", {"value": 2}, root=tmp_path)
+    text = html.read_text()
+    assert "42" in text and "A stage report" in text
+    assert "secret_marker_code = value" not in text
+    shown = reporting.notebook_to_html(executed, tmp_path / "shown.html", show_code=True).read_text()
+    assert "secret_marker_code" in shown
+
+
+def test_failed_stage_keeps_the_failed_notebook_and_no_report(tmp_path):
+    write_notebook(tmp_path / "notebooks" / "01_demo.ipynb", "raise RuntimeError('boom in cell')")
+    with pytest.raises(Exception, match="boom in cell"):
+        reporting.run_stage_notebook("demo", {}, root=tmp_path)
+    reports = tmp_path / "reports"
+    assert (reports / "01_demo.failed.ipynb").exists()
+    assert not (reports / "01_demo.html").exists() and not (reports / "01_demo.ipynb").exists()
+    assert not list(reports.glob(".*"))
+
+
+def test_assignments_are_read_as_yaml():
+    assert cli.parse_assignments(["a=1", "b=null", "c=data/x.csv", "d=[1, 2]"]) == {
+        "a": 1, "b": None, "c": "data/x.csv", "d": [1, 2]}
+    with pytest.raises(SystemExit, match="key=value"):
+        cli.parse_assignments(["no-equals"])
+
+
+def test_stage_params_errors_name_the_section(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("download:\n  source: synthetic://\n")
+    assert cli.load_stage_params("download", params) == {"source": "synthetic://"}
+    with pytest.raises(SystemExit, match="no section 'train'"):
+        cli.load_stage_params("train", params)
+    with pytest.raises(SystemExit, match="not found"):
+        cli.load_stage_params("train", tmp_path / "missing.yaml")
