@@ -64,6 +64,20 @@ def _cmd_s3_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish_model(args: argparse.Namespace) -> int:
+    from ccfraud.artifacts import ArtifactError
+    from ccfraud.publish import PublishError, publish_model
+    from ccfraud.s3 import S3Error
+
+    try:
+        uri = publish_model(Path(args.model_dir), args.uri_prefix, endpoint_url=args.endpoint_url)
+    except (ArtifactError, PublishError, S3Error) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"[ccfraud] published {args.model_dir} to {uri}", file=sys.stderr, flush=True)
+    print(uri)  # stdout holds only the URI, for scripts: CCFRAUD_MODEL=$(ccfraud publish-model ...)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccfraud", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--bucket", default="ccfraud", help="bucket to create (default: ccfraud)")
     server.add_argument("--port", type=int, default=8333, help="S3 port on 127.0.0.1 (default: 8333)")
     server.set_defaults(func=_cmd_s3_server)
+
+    publish = commands.add_parser("publish-model", help="verify a trained model and upload it to "
+                                  "<URI_PREFIX>/<model_version>/ (never overwriting another model)")
+    publish.add_argument("model_dir", metavar="MODEL_DIR", help="directory with model.skops and model.json")
+    publish.add_argument("uri_prefix", metavar="URI_PREFIX", help="S3 prefix, e.g. s3://bucket/models/")
+    publish.add_argument("--endpoint-url", default=None,
+                         help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL or AWS)")
+    publish.set_defaults(func=_cmd_publish_model)
     return parser
 
 
