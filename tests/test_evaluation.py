@@ -77,3 +77,11 @@ def test_curves_have_the_plot_columns():
 def test_label_validation():
     with pytest.raises(ValueError, match="equal length"):
         evaluation.evaluate(Y[:-1], P, 0.5)
+
+
+def test_pr_curve_keeps_the_best_precision_of_each_recall_level():
+    y = np.array([0, 0, 1, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    pr = evaluation.curves(y, p, n_bins=2)["pr_curve"]
+    assert pr["recall"].tolist() == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+    assert pr["precision"].tolist() == pytest.approx([0.75, 1.0, 1.0, 1.0])

@@ -136,10 +136,13 @@ def curves(y_true, scores, n_bins: int = 10) -> dict[str, pd.DataFrame]:
     """Plot data: PR curve, ROC curve, calibration (reliability) and precision/recall vs threshold."""
     y, p = _as_arrays(y_true, scores)
     precision, recall, pr_thresholds = precision_recall_curve(y, p)
+    # The PR curve's shape lives in its corners: keep, for every recall level, its best precision
+    # (the point average precision sums over) instead of one point per distinct score.
+    corners = np.r_[recall[1:] != recall[:-1], True]
     fpr, tpr, _ = roc_curve(y, p, drop_intermediate=True)
     fraction, mean_predicted = calibration_curve(y, p, n_bins=n_bins, strategy="quantile")
     return {
-        "pr_curve": pd.DataFrame({"recall": recall, "precision": precision}),
+        "pr_curve": pd.DataFrame({"recall": recall[corners], "precision": precision[corners]}),
         "roc_curve": pd.DataFrame({"fpr": fpr, "tpr": tpr}),
         "calibration": pd.DataFrame({"mean_predicted": mean_predicted, "fraction_fraud": fraction}),
         "threshold": pd.DataFrame(
