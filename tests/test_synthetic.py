@@ -1,0 +1,246 @@
+"""The built-in dataset: the creditcard.csv contract, determinism, URIs, and a learnable problem."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ccfraud import preprocess, schema, synthetic
+
+ROWS, FRAUDS = 5000, 50
+
+
+@pytest.fixture(scope="module")
+def small() -> pd.DataFrame:
+    return synthetic.generate(rows=ROWS, frauds=FRAUDS, seed=3)
+
+
+@pytest.fixture(scope="module")
+def medium() -> pd.DataFrame:
+    """Enough frauds for distribution checks to be far from chance."""
+    return synthetic.generate(rows=40_000, frauds=800, seed=5)
+
+
+# ---------------------------------------------------------------- the file contract
+
+
+def test_columns_order_and_dtypes(small):
+    assert list(small.columns) == schema.COLUMNS
+    assert all(small[c].dtype == np.float64 for c in schema.FEATURES)
+    assert small[schema.TARGET].dtype == np.int64
+    assert isinstance(small.index, pd.RangeIndex) and small.index[0] == 0
+
+
+@pytest.mark.parametrize("rows, frauds", [(2, 1), (10, 9), (1000, 1), (ROWS, FRAUDS), (3001, 700)])
+def test_exact_row_and_fraud_counts(rows, frauds):
+    frame = synthetic.generate(rows=rows, frauds=frauds, seed=0)
+    assert len(frame) == rows
+    assert int(frame[schema.TARGET].sum()) == frauds
+    assert set(frame[schema.TARGET].unique()) == {0, 1}
+
+
+def test_schema_validator_accepts_the_output(small):
+    clean = schema.validate_dataset(small, where="synthetic")
+    pd.testing.assert_frame_equal(clean, small)
+
+
+def test_time_counts_seconds_over_two_days_in_order(small):
+    time = small[schema.TIME]
+    assert time.is_monotonic_increasing
+    assert time.iloc[0] == 0.0, "Time counts from the first transaction"
+    assert time.max() <= synthetic.LAST_SECOND
+    assert time.max() > 0.95 * synthetic.LAST_SECOND, "the two days are covered"
+    assert np.array_equal(time, np.floor(time)), "whole seconds, as in the real file"
+
+
+def test_amounts_are_non_negative_euros_with_cents(small):
+    amount = small[schema.AMOUNT].to_numpy()
+    assert (amount >= 0).all()
+    cents = amount * 100
+    assert np.allclose(cents, np.round(cents), rtol=0, atol=1e-6)
+
+
+def test_no_missing_or_infinite_values(small):
+    assert np.isfinite(small.to_numpy()).all()
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_arguments_give_the_same_frame_bit_for_bit(small):
+    again = synthetic.generate(rows=ROWS, frauds=FRAUDS, seed=3)
+    pd.testing.assert_frame_equal(again, small, check_exact=True)
+
+
+def test_another_seed_gives_other_data(small):
+    other = synthetic.generate(rows=ROWS, frauds=FRAUDS, seed=4)
+    for column in (schema.TIME, "V1", "V14", schema.AMOUNT):
+        assert not np.array_equal(other[column], small[column]), column
+    assert not np.array_equal(other[schema.TARGET], small[schema.TARGET])
+
+
+# ---------------------------------------------------------------- argument validation
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rows": 1, "frauds": 1}, r"rows must be between 2 .* got 1"),
+        ({"rows": synthetic.MAX_ROWS + 1, "frauds": 1}, r"rows must be .* and 20,000,000, got 20000001"),
+        ({"rows": 100, "frauds": 0}, r"frauds must be at least 1 and less than rows=100.*got 0"),
+        ({"rows": 100, "frauds": 100}, r"frauds must be at least 1 and less than rows=100.*got 100"),
+        ({"rows": 100, "frauds": 5, "seed": -1}, r"seed must be a non-negative integer, got -1"),
+        ({"rows": 100.0, "frauds": 5}, r"rows must be an integer, got 100.0"),
+        ({"rows": 100, "frauds": "5"}, r"frauds must be an integer, got '5'"),
+        ({"rows": 100, "frauds": True}, r"frauds must be an integer, got True"),
+    ],
+)
+def test_invalid_arguments_are_rejected_with_a_clear_message(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic.generate(**kwargs)
+
+
+def test_numpy_integers_are_accepted():
+    frame = synthetic.generate(rows=np.int64(200), frauds=np.int32(4), seed=np.int64(2))
+    assert (len(frame), int(frame[schema.TARGET].sum())) == (200, 4)
+
+
+# ---------------------------------------------------------------- synthetic:// URIs
+
+DEFAULTS = {"rows": 284_807, "frauds": 492, "seed": 0}
+
+
+@pytest.mark.parametrize("uri", ["synthetic://", "synthetic:", "synthetic:///", "synthetic://?"])
+def test_uri_without_parameters_means_the_real_file_size(uri):
+    assert synthetic.parse_uri(uri) == DEFAULTS
+
+
+def test_uri_parameters_override_the_defaults():
+    assert synthetic.parse_uri("synthetic://?rows=20000&frauds=200&seed=1") == {
+        "rows": 20000,
+        "frauds": 200,
+        "seed": 1,
+    }
+    assert synthetic.parse_uri("synthetic:?seed=7") == {**DEFAULTS, "seed": 7}
+
+
+def test_generate_from_uri_equals_generate():
+    uri = "synthetic://?rows=1500&frauds=30&seed=9"
+    pd.testing.assert_frame_equal(
+        synthetic.generate_from_uri(uri), synthetic.generate(rows=1500, frauds=30, seed=9), check_exact=True
+    )
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("synthetic://?rows=100&fraud=5", r"unknown parameter 'fraud'"),
+        ("synthetic://?rows=abc", r"parameter 'rows' must be a whole number, got 'abc'"),
+        ("synthetic://?rows=2e4", r"parameter 'rows' must be a whole number, got '2e4'"),
+        ("synthetic://?seed=1.5", r"parameter 'seed' must be a whole number, got '1.5'"),
+        ("synthetic://?frauds=", r"parameter 'frauds' must be a whole number, got ''"),
+        ("synthetic://?rows=10&rows=20", r"parameter 'rows' is given more than once"),
+        ("synthetic://?rows", r"malformed query"),
+        ("synthetic://?rows=100&frauds=100", r"frauds must be at least 1 and less than rows=100"),
+        ("synthetic://?seed=-3", r"seed must be a non-negative integer, got -3"),
+        ("synthetic://data.csv", r"takes only query parameters"),
+        ("synthetic://?rows=100#x", r"takes only query parameters"),
+        ("s3://bucket/key.csv", r"not a synthetic: URI"),
+        ("creditcard.csv", r"not a synthetic: URI"),
+    ],
+)
+def test_invalid_uris_are_rejected_naming_what_is_wrong(uri, message):
+    with pytest.raises(ValueError, match=message):
+        synthetic.parse_uri(uri)
+    with pytest.raises(ValueError, match=message):
+        synthetic.generate_from_uri(uri)
+
+
+# ---------------------------------------------------------------- realism
+
+
+def test_components_are_centred_uncorrelated_and_ordered_by_spread(medium):
+    components = medium[schema.PCA_FEATURES]
+    assert np.abs(components.mean()).max() < 1e-9, "centred like PCA output"
+    legit = components[medium[schema.TARGET] == 0]
+    correlation = legit.corr().to_numpy()
+    off_diagonal = correlation[~np.eye(len(schema.PCA_FEATURES), dtype=bool)]
+    assert np.abs(off_diagonal).max() < 0.05
+    spread = legit.std().to_numpy()
+    assert spread[0] == pytest.approx(1.96, rel=0.15) and spread[-1] == pytest.approx(0.33, rel=0.15)
+    assert pd.Series(spread).corr(pd.Series(np.arange(len(spread))), method="spearman") < -0.95
+
+
+def test_some_components_have_heavy_tails(medium):
+    kurtosis = medium.loc[medium[schema.TARGET] == 0, schema.PCA_FEATURES].kurt()
+    assert (kurtosis > 3).sum() >= 5, "several components far from Gaussian, as in the real data"
+
+
+@pytest.mark.parametrize("feature, sign", [("V14", -1), ("V12", -1), ("V10", -1), ("V17", -1), ("V3", -1),
+                                           ("V4", 1), ("V11", 1)])
+def test_frauds_are_shifted_on_the_informative_features(medium, feature, sign):
+    is_fraud = medium[schema.TARGET] == 1
+    shift = medium.loc[is_fraud, feature].mean() - medium.loc[~is_fraud, feature].mean()
+    legit_std = medium.loc[~is_fraud, feature].std()
+    assert sign * shift > 1.0 * legit_std
+
+
+def test_some_frauds_stand_out_only_through_an_interaction(medium):
+    first, second = synthetic.INTERACTION
+    is_fraud = (medium[schema.TARGET] == 1).to_numpy()
+    product = (medium[first] / medium[first].std() * medium[second] / medium[second].std()).to_numpy()
+    far_out = product > 6.0
+    assert far_out[is_fraud].mean() > 0.2, "a sizeable share of frauds sits in the two far corners"
+    assert far_out[~is_fraud].mean() < 0.002, "where legitimate rows almost never go"
+    # Each feature on its own says nothing: those frauds are split between opposite corners.
+    corner = medium.loc[is_fraud & far_out, first]
+    assert 0.3 < (corner > 0).mean() < 0.7
+
+
+def test_fewer_transactions_at_night(medium):
+    hour = (medium[schema.TIME] // 3600) % 24
+    night = hour.between(1, 5).sum() / 5
+    day = hour.between(10, 20).sum() / 11
+    assert night < 0.5 * day
+
+
+def test_amounts_are_skewed_like_card_payments(medium):
+    legit = medium.loc[medium[schema.TARGET] == 0, schema.AMOUNT]
+    assert 10 < legit.median() < 40
+    assert legit.mean() > 2.5 * legit.median(), "a long right tail"
+    assert legit.quantile(0.99) > 300
+    # Related to the components like the real Amount: down with V2, up with V7 and V20.
+    rank = medium.loc[legit.index, ["V2", "V7", "V20"]].corrwith(legit, method="spearman")
+    assert rank["V2"] < -0.2 and rank["V7"] > 0.1 and rank["V20"] > 0.1
+
+
+def test_fraud_amounts_include_many_card_tests(medium):
+    is_fraud = medium[schema.TARGET] == 1
+    fraud, legit = medium.loc[is_fraud, schema.AMOUNT], medium.loc[~is_fraud, schema.AMOUNT]
+    assert (fraud == 1.0).mean() > 2 * (legit == 1.0).mean(), "exactly 1.00: is the card alive?"
+    assert fraud.median() < legit.median()
+
+
+# ---------------------------------------------------------------- a learnable, non-trivial problem
+
+
+def test_trees_beat_a_linear_model_on_a_time_split_and_neither_is_perfect():
+    """The interaction frauds reward a nonlinear model; the camouflaged ones cap everyone."""
+    splits = preprocess.split(synthetic.generate(rows=30_000, frauds=300, seed=0), "time")
+    train, test = splits.train, splits.test
+    fraud_rate = test[schema.TARGET].mean()
+    scores = {}
+    for name, model in {
+        "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)),
+        "hist_gb": HistGradientBoostingClassifier(random_state=0),
+    }.items():
+        model.fit(train[schema.FEATURES], train[schema.TARGET])
+        probability = model.predict_proba(test[schema.FEATURES])[:, 1]
+        scores[name] = average_precision_score(test[schema.TARGET], probability)
+    assert scores["logreg"] > 10 * fraud_rate, scores
+    assert scores["hist_gb"] > scores["logreg"] + 0.05, scores
+    assert scores["hist_gb"] < 0.97, f"camouflaged frauds keep the problem from being trivial: {scores}"
