@@ -103,3 +103,11 @@ def test_time_split_uses_forward_chaining_folds():
 def test_bad_configuration_is_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_corrected_probabilities_stay_within_zero_and_one():
+    p = np.array([0.0, 1e-12, 0.5, 1.0 - 1e-16, 1.0])
+    for beta in (0.001, 0.0173, 0.5, 1.0):
+        out = modeling.correct_probability(p, beta)
+        assert np.all((out >= 0.0) & (out <= 1.0))
+        assert np.all(np.diff(out) >= 0)

@@ -114,7 +114,8 @@ def prior_shift_beta(pipeline: Pipeline, n_legit: int, n_fraud: int) -> float:
 def correct_probability(p_sampled: np.ndarray, beta: float) -> np.ndarray:
     """Dal Pozzolo et al. (2015): p = beta*p_s / ((beta - 1)*p_s + 1)."""
     p_sampled = np.asarray(p_sampled, dtype=float)
-    return beta * p_sampled / ((beta - 1.0) * p_sampled + 1.0)
+    # Clipped: at p_s = 1 rounding can land a hair above 1.
+    return np.clip(beta * p_sampled / ((beta - 1.0) * p_sampled + 1.0), 0.0, 1.0)
 
 
 class PriorCorrected(ClassifierMixin, BaseEstimator):
