@@ -1,0 +1,143 @@
+"""The Flask app factory: load the model once, then serve health, readiness, metadata and predictions.
+
+The model is loaded when the app is created (under gunicorn ``--preload``: once, in
+the master, before the workers fork), never per request. A model that cannot be
+loaded does not stop the process: ``/health`` still answers, ``/ready``, ``/model``
+and ``/predict`` return 503 with the reason, and the reason is logged, so an
+orchestrator sees "alive but not ready" instead of a crash loop with no explanation.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, Response, request
+
+from ccfraud import artifacts
+from ccfraud.serving import config as serving_config
+from ccfraud.serving import model_source, openapi, payload
+from ccfraud.serving.errors import ApiError, json_response, register_error_handlers
+from ccfraud.serving.scoring import Scorer
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "ccfraud"
+JSON = "application/json"
+CSV = "text/csv"
+#: Metadata keys /model shows, in this order (the training params and data checksums stay in model.json).
+METADATA_KEYS = ("model_version", "sha256", "trained_at", "threshold", "features", "metrics", "library_versions",
+                 "git_revision", "candidate", "best_params", "threshold_rule")
+
+
+@dataclass
+class ModelState:
+    """What this process serves: the loaded model and its scorer, or why there is none."""
+
+    location: str
+    loaded: artifacts.LoadedModel | None = None
+    scorer: Scorer | None = None
+    error: str | None = None
+
+    def require(self) -> tuple[artifacts.LoadedModel, Scorer]:
+        if self.loaded is None or self.scorer is None:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"model not loaded: {self.error}")
+        return self.loaded, self.scorer
+
+
+def load_state(location: str) -> ModelState:
+    """Load and verify the model; on any failure record the reason instead of raising."""
+    state = ModelState(location=location)
+    try:
+        state.loaded = model_source.load(location)
+        state.scorer = Scorer(state.loaded.model)
+    except Exception as exc:  # the process must come up and say why it is not ready
+        state.error = f"cannot load the model from {location}: {exc}"
+        log.error("%s", state.error)
+        return state
+    log.info("serving model %s (threshold %.4g) from %s; scoring path: %s", state.loaded.version,
+             state.loaded.threshold, location, state.scorer.path)
+    return state
+
+
+def _configure_logging() -> None:
+    """Make our INFO/ERROR lines visible under gunicorn, which configures only its own loggers."""
+    package = logging.getLogger("ccfraud")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+
+
+def _metadata(state: ModelState, loaded: artifacts.LoadedModel, scorer: Scorer) -> dict[str, Any]:
+    meta = loaded.metadata
+    out = {key: meta.get(key) for key in METADATA_KEYS if key in meta}
+    out["metrics"] = meta.get("metrics", {})
+    out["location"] = state.location
+    out["scoring_path"] = scorer.path
+    return out
+
+
+def _predictions(loaded: artifacts.LoadedModel, probabilities: Any) -> dict[str, Any]:
+    threshold = loaded.threshold
+    return {
+        "model_version": loaded.version,
+        "threshold": threshold,
+        "predictions": [{"fraud_probability": p, "is_fraud": p >= threshold} for p in probabilities.tolist()],
+    }
+
+
+def create_app(model_location: str | None = None, *, max_rows: int | None = None,
+               max_body_bytes: int | None = None) -> Flask:
+    """Build the API serving the model at ``model_location`` (a directory or ``s3://bucket/prefix/``).
+
+    Unset arguments come from ``CCFRAUD_MODEL``, ``CCFRAUD_MAX_ROWS`` and
+    ``CCFRAUD_MAX_BODY_BYTES``, else the defaults in :mod:`ccfraud.serving.config`.
+    """
+    _configure_logging()
+    settings = serving_config.resolve(model_location, max_rows=max_rows, max_body_bytes=max_body_bytes)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    state = load_state(settings.model_location)
+    app.extensions[EXTENSION] = state
+    spec = openapi.document(settings.max_rows, settings.max_body_bytes)
+    register_error_handlers(app)
+
+    @app.get("/health")
+    def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/ready")
+    def ready() -> Response:
+        loaded, _ = state.require()
+        return json_response({"status": "ready", "model_version": loaded.version})
+
+    @app.get("/model")
+    def model() -> Response:
+        loaded, scorer = state.require()
+        return json_response(_metadata(state, loaded, scorer))
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        return json_response(spec)
+
+    @app.post("/predict")
+    def predict() -> Response:
+        loaded, scorer = state.require()
+        mimetype = request.mimetype
+        if mimetype == JSON:
+            matrix = payload.parse_json(request.get_data(cache=False), settings.max_rows)
+        elif mimetype == CSV:
+            matrix = payload.parse_csv(request.get_data(cache=False), settings.max_rows)
+        else:
+            found = request.content_type or "no Content-Type header"
+            raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                           f"unsupported content type: expected {JSON} or {CSV}, found {found}")
+        return json_response(_predictions(loaded, scorer.probabilities(matrix)))
+
+    return app

@@ -1,0 +1,49 @@
+"""Load the served model from a local directory or an ``s3://bucket/prefix/`` location.
+
+An S3 model is downloaded (``model.json``, then the model file it names) into a
+temporary directory, verified and loaded by :func:`ccfraud.artifacts.load_model`
+exactly like a local one, and the temporary copy is removed: the process keeps
+the model in memory, so nothing stale is left on disk for a later start to trust.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from ccfraud import artifacts, s3
+
+log = logging.getLogger(__name__)
+
+
+def is_s3(location: str) -> bool:
+    return location.lower().startswith(s3.SCHEME)
+
+
+def _download_model(location: str, dest: Path) -> None:
+    """Fetch model.json, then the model file it names, from the S3 prefix ``location``."""
+    bucket, prefix = s3.parse_s3_uri(location, require_key=False)
+    prefix = prefix.rstrip("/")
+    base = f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
+    s3.download(base + artifacts.METADATA_FILE, dest / artifacts.METADATA_FILE, progress=False)
+    model_file = artifacts.read_metadata(dest).get("model_file", artifacts.MODEL_FILE)
+    if Path(model_file).name != model_file:
+        raise artifacts.ArtifactError(f"{base}{artifacts.METADATA_FILE} names model file {model_file!r}; "
+                                      "expected a plain file name next to it")
+    s3.download(base + model_file, dest / model_file, progress=False)
+
+
+def load(location: str) -> artifacts.LoadedModel:
+    """The verified model at ``location`` (a model directory, or an S3 prefix holding one).
+
+    Raises ArtifactError (missing, tampered or incompatible model) or S3Error (cannot
+    download); both messages say where, and neither contains credentials.
+    """
+    if not is_s3(location):
+        return artifacts.load_model(Path(location))
+    with tempfile.TemporaryDirectory(prefix="ccfraud-model-") as tmp:
+        _download_model(location, Path(tmp))
+        loaded = artifacts.load_model(Path(tmp))
+    log.info("downloaded and verified model %s from %s", loaded.version, location)
+    return loaded

@@ -1,0 +1,190 @@
+"""Turn a request body (JSON or CSV) into a float matrix in the model's feature order, or say why not.
+
+The rules are the feature spec's (:mod:`ccfraud.schema`): every feature present, no
+unknown field (``Class`` is allowed and ignored, as in ``schema.validate_features``),
+every value numeric and finite. JSON adds one rule of its own: values must be JSON
+numbers, because a string or a boolean in a JSON document is a client bug that
+silent coercion would hide. CSV bodies go through ``schema.validate_features`` itself.
+
+JSON transactions (one, or each of a batch) are checked value by value into plain
+lists instead of a DataFrame: building pandas objects costs more than scoring one
+row, and the rules are the same (the column-set check and its message come from the
+schema itself; the tests check that acceptance follows it).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from http import HTTPStatus
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ccfraud import schema
+from ccfraud.serving.errors import ApiError
+
+INSTANCES = "instances"
+_FEATURES = tuple(schema.FEATURES)
+_FEATURE_SET = frozenset(schema.FEATURES)
+_ALLOWED = frozenset(schema.COLUMNS)
+_NUMBER_TYPES = (int, float)
+#: How a SchemaError message names the column and row (see schema.check_columns / coerce_numeric).
+_COLUMN_IN_MESSAGE = re.compile(r"column '([^']+)'|column\(s\) \['([^']+)'")
+_ROW_IN_MESSAGE = re.compile(r"first at row (\d+)")
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, _NUMBER_TYPES):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _described(value: Any) -> str:
+    """A bad value's JSON type and a short rendering of it (at most 40 characters): ``string "1.0"``."""
+    if value is None:
+        return "null"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return f"{_json_type(value)} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _from_schema_error(error: schema.SchemaError, row: int | None = None) -> ApiError:
+    """A 400 carrying the schema's own message, with the column and row it names as fields."""
+    message = str(error)
+    column = _COLUMN_IN_MESSAGE.search(message)
+    row_match = _ROW_IN_MESSAGE.search(message)
+    field = (column.group(1) or column.group(2)) if column else None
+    if row is None and row_match:
+        row = int(row_match.group(1))
+    return ApiError(HTTPStatus.BAD_REQUEST, message, field=field, row=row)
+
+
+def transaction_row(obj: Any, *, row: int | None = None) -> list[float]:
+    """One transaction object as floats in ``schema.FEATURES`` order; ApiError (400) naming the field if invalid."""
+    where = "transaction" if row is None else f"instances[{row}]"
+    if not isinstance(obj, dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: expected a JSON object with the fields {list(_FEATURES)}, "
+                       f"found {_json_type(obj)}", row=row)
+    # The common case costs two set operations; anything else gets the schema's own column check and message.
+    if not (len(obj) == len(_FEATURES) and _FEATURE_SET.issuperset(obj)):
+        if not (_FEATURE_SET.issubset(obj) and _ALLOWED.issuperset(obj)):
+            try:
+                schema.check_columns(list(obj), require_target=False, where=where)
+            except schema.SchemaError as error:
+                raise _from_schema_error(error, row) from None
+    values = []
+    for name in _FEATURES:
+        value = obj[name]
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: field '{name}': expected a finite number, "
+                               f"found {value!r}", field=name, row=row)
+        elif kind is int:  # bool is a subclass of int, but type(True) is bool: rejected below
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: field '{name}': expected a finite number, "
+                               f"found an integer too large for a float", field=name, row=row) from None
+        else:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: field '{name}': expected a number, "
+                           f"found {_described(value)}", field=name, row=row)
+        values.append(value)
+    return values
+
+
+def _decode_json(body: bytes) -> Any:
+    if not body.strip():
+        raise ApiError(HTTPStatus.BAD_REQUEST, "empty request body; expected a JSON transaction object "
+                       f"or {{\"{INSTANCES}\": [...]}}")
+    try:
+        # NaN/Infinity literals become float nan/inf here and are refused, by field, as non-finite.
+        return json.loads(body, parse_constant=float)
+    except json.JSONDecodeError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed JSON: {error.msg} at line {error.lineno} "
+                       f"column {error.colno}") from None
+    except UnicodeDecodeError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed JSON: the body is not UTF-8 text ({error.reason} "
+                       f"at byte {error.start})") from None
+    except RecursionError:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "malformed JSON: nested too deeply") from None
+    except ValueError as error:  # e.g. an integer literal longer than Python's digit limit
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed JSON: {error}") from None
+
+
+def parse_json(body: bytes, max_rows: int) -> np.ndarray:
+    """A JSON transaction object, or ``{"instances": [...]}``, as an (n, features) float matrix."""
+    document = _decode_json(body)
+    if not isinstance(document, dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "expected a JSON object (one transaction, or "
+                       f"{{\"{INSTANCES}\": [...]}} for a batch), found {_json_type(document)}")
+    if INSTANCES not in document:
+        return np.array([transaction_row(document)], dtype=np.float64)
+    if len(document) != 1:
+        extra = sorted(k for k in document if k != INSTANCES)
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"a batch is {{\"{INSTANCES}\": [...]}} alone; "
+                       f"found unexpected top-level field(s) {extra}", field=extra[0])
+    instances = document[INSTANCES]
+    if not isinstance(instances, list):
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"'{INSTANCES}' must be a JSON array of transaction objects, "
+                       f"found {_json_type(instances)}", field=INSTANCES)
+    check_row_count(len(instances), max_rows)
+    return np.array([transaction_row(obj, row=i) for i, obj in enumerate(instances)], dtype=np.float64)
+
+
+def check_row_count(rows: int, max_rows: int) -> None:
+    """Refuse an empty batch (400) and one larger than the configured maximum (413)."""
+    if rows == 0:
+        raise ApiError(HTTPStatus.BAD_REQUEST, "empty batch: expected at least one transaction")
+    if rows > max_rows:
+        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"batch has {rows} rows; the maximum is {max_rows} "
+                       "(CCFRAUD_MAX_ROWS); split it into smaller requests")
+
+
+def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
+    """A creditcard.csv-shaped body (header required, ``Class`` optional) as an (n, features) float matrix."""
+    if not body.strip():
+        raise ApiError(HTTPStatus.BAD_REQUEST, "empty CSV body; expected a header line with the columns "
+                       f"{list(_FEATURES)} and at least one data row")
+    try:
+        frame = pd.read_csv(io.BytesIO(body), encoding="utf-8", low_memory=False)
+    except UnicodeDecodeError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the body is not UTF-8 text ({error.reason})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: {str(error).strip()}") from None
+    where = "CSV body"
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas silently turns the first field into an index when rows are longer than the header.
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the data rows have more fields than the header's "
+                       f"{len(frame.columns)} columns")
+    features = [c for c in frame.columns if c != schema.TARGET]
+    try:
+        schema.check_columns(features, require_target=False, where=where)
+    except schema.SchemaError as error:
+        raise _from_schema_error(error) from None
+    check_row_count(len(frame), max_rows)
+    # pandas reads a column of only True/False as booleans, which would pass as 1.0/0.0.
+    for column in schema.FEATURES:
+        if frame[column].dtype == bool:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: column '{column}': expected numbers, found booleans, "
+                           f"first at row 0: {bool(frame[column].iloc[0])}", field=column, row=0)
+    try:
+        clean = schema.validate_features(frame, where=where)
+    except schema.SchemaError as error:
+        raise _from_schema_error(error) from None
+    return clean.to_numpy(dtype=np.float64)

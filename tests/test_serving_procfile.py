@@ -1,0 +1,138 @@
+"""The Procfile's web command, run for real: gunicorn starts, loads the model once, scores, stops.
+
+The command is read from the Procfile (as Heroku and ``make serve`` do) and only
+changed to listen on a free loopback port instead of every interface.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ccfraud import artifacts, modeling, schema, synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+START_TIMEOUT = 90.0
+
+
+def web_command() -> str:
+    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")]
+    assert len(lines) == 1, "the Procfile needs exactly one web: line"
+    return lines[0].removeprefix("web:").strip()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def get(port: int, path: str, body: bytes | None = None, content_type: str = "application/json"):
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        headers = {"Content-Type": content_type} if body is not None else {}
+        connection.request("POST" if body is not None else "GET", path, body, headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@contextmanager
+def procfile_server(model_location: Path, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """Run the web command in its own process group; yields (port, log file) once it listens."""
+    port = free_port()
+    # exec: the shell becomes gunicorn, so the signal and the exit code are gunicorn's (as on Heroku).
+    command = "exec " + web_command().replace("0.0.0.0", LOOPBACK)
+    env = dict(os.environ, PORT=str(port), CCFRAUD_MODEL=str(model_location))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    log_path = tmp_path / f"gunicorn-{port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(["sh", "-c", command], cwd=tmp_path, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                get(port, "/health")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server did not answer within {START_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
+        yield port, log_path
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)  # the master stops its workers gracefully
+        try:
+            exit_code = process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail(f"server did not stop on SIGTERM:\n{log_path.read_text()[-3000:]}")
+    assert exit_code == 0, f"server exited with {exit_code} on SIGTERM:\n{log_path.read_text()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    data = synthetic.generate(rows=5000, frauds=100, seed=0)
+    model = modeling.make_pipeline("logreg", "class_weight").fit(data[schema.FEATURES], data[schema.TARGET])
+    out = tmp_path_factory.mktemp("procfile-model")
+    artifacts.save_model(model, out, threshold=0.5)
+    return out
+
+
+def test_procfile_runs_the_app_factory_with_gunicorn_on_port():
+    command = web_command()
+    assert command.startswith("gunicorn ")
+    assert '"ccfraud.serving:create_app()"' in command
+    assert "--bind 0.0.0.0:$PORT" in command
+    assert "--preload" in command
+
+
+def test_procfile_server_loads_once_scores_and_stops(model_dir, tmp_path):
+    loaded = artifacts.load_model(model_dir)
+    data = synthetic.generate(rows=300, frauds=20, seed=9)
+    expected = modeling.fraud_probability(loaded.model, data)
+    with procfile_server(model_dir, tmp_path) as (port, log_path):
+        assert get(port, "/ready") == (200, {"status": "ready", "model_version": loaded.version})
+        row = {name: float(data[name].iloc[0]) for name in schema.FEATURES}
+        status, body = get(port, "/predict", json.dumps(row).encode())
+        assert status == 200
+        assert body["model_version"] == loaded.version
+        np.testing.assert_allclose([body["predictions"][0]["fraud_probability"]], expected[:1], rtol=0, atol=1e-12)
+        status, body = get(port, "/predict", data.to_csv(index=False).encode(), "text/csv")
+        assert status == 200
+        np.testing.assert_allclose([p["fraud_probability"] for p in body["predictions"]], expected,
+                                   rtol=0, atol=1e-12)
+        status, body = get(port, "/predict", b'{"Time": 0}')
+        assert status == 400 and "missing column(s)" in body["error"]["message"]
+    log = log_path.read_text()
+    # --preload: the master loads the model once and the workers inherit it.
+    assert log.count(f"serving model {loaded.version}") == 1, log
+    assert log.count("Booting worker") >= 2, log
+
+
+def test_procfile_server_without_a_model_is_alive_but_not_ready(tmp_path):
+    missing = tmp_path / "no-model"
+    with procfile_server(missing, tmp_path) as (port, log_path):
+        assert get(port, "/health") == (200, {"status": "ok"})
+        status, body = get(port, "/ready")
+        assert status == 503
+        assert str(missing) in body["error"]["message"]
+    assert f"cannot load the model from {missing}" in log_path.read_text()
