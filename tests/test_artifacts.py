@@ -21,7 +21,7 @@ def test_roundtrip_gives_identical_probabilities(trained):
     model, out, meta, data = trained
     loaded = artifacts.load_model(out)
     assert loaded.threshold == 0.3
-    assert loaded.version == meta["sha256"][:12]
+    assert loaded.version == meta["model_version"] == artifacts.behaviour_fingerprint(model)[:12]
     np.testing.assert_array_equal(modeling.fraud_probability(loaded.model, data),
                                   modeling.fraud_probability(model, data))
 
@@ -73,3 +73,12 @@ def test_threshold_must_be_a_probability(trained, tmp_path):
     with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\)"):
         artifacts.save_model(model, tmp_path, threshold=1.0)
     assert not (tmp_path / artifacts.MODEL_FILE).exists()
+
+
+def test_version_follows_behaviour_not_file_bytes(trained, tmp_path):
+    """Saving the same model twice gives the same version; a different model gets another."""
+    model, out, meta, data = trained
+    again = artifacts.save_model(model, tmp_path / "again", threshold=0.3)
+    assert again["model_version"] == meta["model_version"]
+    other = modeling.make_pipeline("logreg", "none").fit(data, data[schema.TARGET])
+    assert artifacts.save_model(other, tmp_path / "other", threshold=0.3)["model_version"] != meta["model_version"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from http import HTTPStatus
@@ -414,17 +415,33 @@ def test_malformed_setting_stops_start_up_naming_the_variable(model_dir, monkeyp
         create_app(str(model_dir))
 
 
+def test_app_creation_freezes_the_heap_out_of_garbage_collection(model_dir):
+    """What exists once the app is built (libraries, model, app) is never walked by a full collection again."""
+    gc.unfreeze()
+    app = create_app(str(model_dir))
+    state = app.extensions["ccfraud"]
+    assert gc.get_freeze_count() > 0
+    walked = {id(obj) for obj in gc.get_objects()}  # frozen objects are left out
+    assert id(app) not in walked and id(state) not in walked and id(state.loaded.model) not in walked
+    fresh = ["created after the app"]  # a list is always tracked
+    assert id(fresh) in {id(obj) for obj in gc.get_objects()}
+
+
 # --- the scoring fast path ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("model_name, sampler", [("logreg", "smote"), ("hist_gb", "none"),
-                                                 ("random_forest", "undersample")])
-def test_fast_path_equals_the_pipeline_for_every_candidate(model_name, sampler):
+@pytest.mark.parametrize("model_name, sampler, classifier_path", [
+    ("logreg", "smote", "binary_logistic"),
+    ("hist_gb", "none", scoring.OWN_PREDICT_PROBA),
+    ("random_forest", "undersample", "flat_forest"),
+])
+def test_fast_path_equals_the_pipeline_for_every_candidate(model_name, sampler, classifier_path):
     data = synthetic.generate(rows=3000, frauds=60, seed=2)
     params = {"n_estimators": 20} if model_name == "random_forest" else {}
     model = modeling.make_pipeline(model_name, sampler, sampling_ratio=0.2, **params)
     model.fit(data[schema.FEATURES], data[schema.TARGET])
     scorer = scoring.Scorer(model)
     assert scorer.path == scoring.FAST, scorer.fallback_reason
+    assert scorer.classifier_path == classifier_path
     matrix = data[schema.FEATURES].to_numpy()
     np.testing.assert_allclose(scorer.probabilities(matrix), modeling.fraud_probability(model, data),
                                rtol=0, atol=1e-12)

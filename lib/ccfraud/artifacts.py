@@ -17,6 +17,9 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from ccfraud import atomicio, schema
 
 MODEL_FILE = "model.skops"
@@ -37,6 +40,21 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def behaviour_fingerprint(model: Any) -> str:
+    """sha256 of the model's fraud probabilities on fixed probe transactions.
+
+    The saved file's bytes differ from save to save (skops stores timestamps and object
+    ids), so the version is derived from what the model *does*: retraining on the same
+    data with the same params gives the same version, any change in behaviour a new one.
+    """
+    rng = np.random.default_rng(20151103)
+    probe = pd.DataFrame(rng.standard_normal((256, len(schema.FEATURES))) * 3.0, columns=schema.FEATURES)
+    probe[schema.TIME] = rng.uniform(0.0, 172_800.0, len(probe))
+    probe[schema.AMOUNT] = rng.lognormal(3.0, 1.5, len(probe))
+    scores = np.round(np.asarray(model.predict_proba(probe)[:, 1], dtype="float64"), 10)
+    return hashlib.sha256(type(model).__name__.encode() + scores.tobytes()).hexdigest()
 
 
 def library_versions() -> dict[str, str]:
@@ -75,7 +93,7 @@ def save_model(model: Any, out_dir: Path, *, threshold: float, extra: dict[str, 
         "format_version": FORMAT_VERSION,
         "model_file": MODEL_FILE,
         "sha256": sha,
-        "model_version": sha[:12],
+        "model_version": behaviour_fingerprint(model)[:12],
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "threshold": float(threshold),
         "features": list(schema.FEATURES),
