@@ -71,7 +71,8 @@ def projections(frame: pd.DataFrame, seed: int = 0) -> dict[str, np.ndarray]:
     features = StandardScaler().fit_transform(frame[schema.FEATURES])
     perplexity = float(min(30, max(5, (len(frame) - 1) // 4)))
     return {
-        "t-SNE": TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(features),
+        "t-SNE": TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca", max_iter=500)
+        .fit_transform(features),
         "PCA": PCA(n_components=2, random_state=seed).fit_transform(features),
         "TruncatedSVD": TruncatedSVD(n_components=2, random_state=seed).fit_transform(features),
     }
