@@ -61,3 +61,8 @@ def test_features_for_scoring_ignore_class_and_keep_model_order():
     assert list(schema.validate_features(frame()).columns) == schema.FEATURES
     with pytest.raises(schema.SchemaError, match=r"missing column\(s\) \['V28'\]"):
         schema.validate_features(data.drop(columns=["V28"]))
+
+
+def test_values_beyond_float32_are_refused():
+    with pytest.raises(schema.SchemaError, match=r"column 'Amount': 1 value\(s\) beyond \+/-3.4e\+38, first at row 3"):
+        schema.validate_dataset(frame().assign(Amount=[1.0, 2.0, 3.0, 1e39]))

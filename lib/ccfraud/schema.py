@@ -19,6 +19,8 @@ FEATURES: list[str] = [TIME, *PCA_FEATURES, AMOUNT]
 COLUMNS: list[str] = [*FEATURES, TARGET]
 #: Features that are not PCA components and need scaling.
 SCALED_FEATURES: list[str] = [TIME, AMOUNT]
+#: Largest magnitude accepted: tree models compare features as float32, beyond which a value is not a number.
+MAX_ABS_VALUE = float(np.finfo(np.float32).max)
 
 
 class SchemaError(ValueError):
@@ -70,6 +72,13 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
             row = _first_bad_row(nonfinite)
             raise SchemaError(
                 f"{where}: column '{column}': {int(nonfinite.sum())} missing or infinite value(s), "
+                f"first at row {row}: {float(array[row])!r}"
+            )
+        huge = np.abs(array) > MAX_ABS_VALUE
+        if huge.any():
+            row = _first_bad_row(huge)
+            raise SchemaError(
+                f"{where}: column '{column}': {int(huge.sum())} value(s) beyond +/-{MAX_ABS_VALUE:.3g}, "
                 f"first at row {row}: {float(array[row])!r}"
             )
         out[column] = array

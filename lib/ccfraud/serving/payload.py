@@ -31,6 +31,7 @@ INSTANCES = "instances"
 _FEATURES = tuple(schema.FEATURES)
 _FEATURE_SET = frozenset(schema.FEATURES)
 _ALLOWED = frozenset(schema.COLUMNS)
+_MAX_ABS = schema.MAX_ABS_VALUE
 _NUMBER_TYPES = (int, float)
 #: How a SchemaError message names the column and row (see schema.check_columns / coerce_numeric).
 _COLUMN_IN_MESSAGE = re.compile(r"column '([^']+)'|column\(s\) \['([^']+)'")
@@ -104,6 +105,9 @@ def transaction_row(obj: Any, *, row: int | None = None) -> list[float]:
         else:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: field '{name}': expected a number, "
                            f"found {_described(value)}", field=name, row=row)
+        if abs(value) > _MAX_ABS:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: field '{name}': expected a number within "
+                           f"+/-{_MAX_ABS:.3g}, found {value!r}", field=name, row=row)
         values.append(value)
     return values
 
