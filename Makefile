@@ -25,9 +25,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check lib tests
 
-## Serve the pipeline's model locally with the Procfile's gunicorn command.
+## Serve the pipeline's model locally with the Procfile's gunicorn command (on loopback only).
 serve: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" PORT=$${PORT:-8000} sh -c "$$(sed -n 's/^web: //p' Procfile)"
+	PATH="$(CURDIR)/$(BIN):$$PATH" PORT=$${PORT:-8000} sh -c "$$(sed -n 's/^web: //p' Procfile | sed 's/0\.0\.0\.0/127.0.0.1/')"
 
 ## Run a local SeaweedFS S3 server on 127.0.0.1:8333 (data in .s3-data/).
 s3-server: $(STAMP)
