@@ -39,3 +39,10 @@ def test_seed_baseline_is_computed_from_the_data(train):
     # Trained on 50/50 data, it flags far more rows than there are frauds.
     assert (p >= 0.5).mean() > 3 * train[schema.TARGET].mean()
     assert np.all((p >= 0) & (p <= 1))
+
+
+def test_seed_baseline_is_reproducible(train):
+    first = baseline.fit_seed_baseline(train, seed=3)
+    second = baseline.fit_seed_baseline(train, seed=3)
+    X = train[schema.FEATURES]
+    np.testing.assert_array_equal(first.model.predict_proba(X), second.model.predict_proba(X))
