@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check lib tests
+	$(BIN)/ruff check lib tests notebooks benchmarks
 
 ## Serve the pipeline's model locally with the Procfile's gunicorn command (on loopback only).
 serve: $(STAMP)

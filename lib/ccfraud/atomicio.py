@@ -20,15 +20,16 @@ def _current_umask() -> int:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temp path to write to; it replaces ``path`` only if the block succeeds.
 
     On any exception (including KeyboardInterrupt) the temp file is removed and an
-    existing ``path`` is left as it was.
+    existing ``path`` is left as it was. ``suffix`` is for writers that insist on an
+    extension (papermill wants ``.ipynb``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates files readable by the owner only; give them the usual umask-based mode.

@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import Pipeline as SkPipeline
 
-from ccfraud import schema
+from ccfraud import eda, schema
 from ccfraud.preprocess import make_preprocessor
 
 OUTLIER_FEATURES = ("V14", "V12", "V10")
@@ -26,10 +26,7 @@ OUTLIER_FEATURES = ("V14", "V12", "V10")
 
 def balanced_undersample(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """All frauds plus as many randomly drawn legitimate rows (the seed's 50/50 subsample)."""
-    frauds = frame[frame[schema.TARGET] == 1]
-    legit = frame[frame[schema.TARGET] == 0].sample(n=min(len(frauds), (frame[schema.TARGET] == 0).sum()),
-                                                    random_state=seed)
-    return pd.concat([frauds, legit]).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return eda.balanced_subsample(frame, int((frame[schema.TARGET] == 1).sum()), seed)
 
 
 def remove_fraud_outliers(frame: pd.DataFrame, features=OUTLIER_FEATURES, k: float = 1.5) -> pd.DataFrame:
@@ -37,11 +34,9 @@ def remove_fraud_outliers(frame: pd.DataFrame, features=OUTLIER_FEATURES, k: flo
     keep = np.ones(len(frame), dtype=bool)
     is_fraud = (frame[schema.TARGET] == 1).to_numpy()
     for feature in features:
-        values = frame.loc[is_fraud, feature]
-        q1, q3 = values.quantile(0.25), values.quantile(0.75)
-        low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
-        outside = (frame[feature] < low) | (frame[feature] > high)
-        keep &= ~(is_fraud & outside.to_numpy())
+        _, _, low, high = eda.fraud_iqr_fences(frame, feature, k)
+        outside = ((frame[feature] < low) | (frame[feature] > high)).to_numpy()
+        keep &= ~(is_fraud & outside)
     return frame[keep].reset_index(drop=True)
 
 

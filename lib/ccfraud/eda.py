@@ -48,6 +48,13 @@ def class_correlations(frame: pd.DataFrame) -> pd.Series:
     return corr.reindex(corr.abs().sort_values(ascending=False).index)
 
 
+def fraud_iqr_fences(frame: pd.DataFrame, feature: str, k: float = 1.5) -> tuple[float, float, float, float]:
+    """Q1, Q3 and the fences Q1 - k*IQR, Q3 + k*IQR of one feature among the fraud rows."""
+    values = frame.loc[frame[schema.TARGET] == 1, feature]
+    q1, q3 = float(values.quantile(0.25)), float(values.quantile(0.75))
+    return q1, q3, q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+
+
 def iqr_outliers(frame: pd.DataFrame, features: list[str], k: float = 1.5) -> pd.DataFrame:
     """Per feature: the fraud rows' IQR fences and how many frauds fall outside them.
 
@@ -58,8 +65,7 @@ def iqr_outliers(frame: pd.DataFrame, features: list[str], k: float = 1.5) -> pd
     rows = []
     for feature in features:
         values = frauds[feature]
-        q1, q3 = values.quantile(0.25), values.quantile(0.75)
-        low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+        q1, q3, low, high = fraud_iqr_fences(frame, feature, k)
         outside = int(((values < low) | (values > high)).sum())
         rows.append({"feature": feature, "q1": q1, "q3": q3, "lower_fence": low, "upper_fence": high,
                      "fraud_outliers": outside, "frauds": len(values)})

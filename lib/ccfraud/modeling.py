@@ -24,12 +24,10 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold, TimeSeriesSpl
 from sklearn.utils.validation import check_is_fitted
 
 from ccfraud import schema
-from ccfraud.preprocess import make_preprocessor
+from ccfraud.preprocess import SPLIT_STRATEGIES, make_preprocessor
 
 MODELS = ("logreg", "random_forest", "hist_gb")
 SAMPLERS = ("none", "class_weight", "undersample", "smote", "nearmiss")
-#: Grid keys that configure the pipeline rather than the classifier.
-PIPELINE_KEYS = ("sampler", "sampling_ratio")
 
 
 def make_classifier(model: str, seed: int = 0, **params: Any) -> BaseEstimator:
@@ -155,6 +153,8 @@ def cv_splitter(split_strategy: str, folds: int, seed: int = 0):
     """Folds that respect how the test split was made: forward-chaining in time for ``time``."""
     if folds < 2:
         raise ValueError(f"cv_folds must be at least 2, got {folds}")
+    if split_strategy not in SPLIT_STRATEGIES:
+        raise ValueError(f"split strategy must be one of {SPLIT_STRATEGIES}, got {split_strategy!r}")
     if split_strategy == "time":
         return TimeSeriesSplit(n_splits=folds)
     return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

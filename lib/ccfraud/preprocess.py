@@ -6,6 +6,7 @@ and anything fitted (the scaler, any resampling) only ever sees the train split.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ccfraud import atomicio, schema
 
 SPLIT_STRATEGIES = ("time", "stratified")
 SPLIT_NAMES = ("train", "valid", "test")
+MANIFEST_FILE = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,32 @@ def write_splits(splits: Splits, out_dir: Path) -> dict[str, Path]:
         paths[name] = Path(out_dir) / f"{name}.parquet"
         write_parquet(part, paths[name])
     return paths
+
+
+def write_manifest(out_dir: Path, splits: Splits, *, strategy: str, **facts) -> Path:
+    """Record how the splits were made; the train stage reads the strategy from here to choose its CV folds."""
+    manifest = {
+        "split": strategy,
+        **facts,
+        "splits": {
+            name: {"rows": len(part), "frauds": int(part[schema.TARGET].sum())} for name, part in splits.items()
+        },
+    }
+    return atomicio.write_text(Path(out_dir) / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+def read_manifest(in_dir: Path) -> dict:
+    """The manifest written by :func:`write_manifest`, checked for the keys the train stage relies on."""
+    path = Path(in_dir) / MANIFEST_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the eda_preprocess stage first (dvc repro)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if manifest.get("split") not in SPLIT_STRATEGIES:
+        raise ValueError(f"{path}: 'split' must be one of {SPLIT_STRATEGIES}, found {manifest.get('split')!r}")
+    return manifest
 
 
 def read_splits(in_dir: Path) -> Splits:

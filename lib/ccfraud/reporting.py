@@ -6,8 +6,7 @@ browser, with code cells hidden unless the stage's ``show_code`` parameter asks.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +61,19 @@ def run_stage_notebook(
     failed = executed.with_suffix(".failed.ipynb")
     for stale in (executed, html, failed):
         stale.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=reports, prefix=f".{source.stem}.", suffix=".ipynb")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        papermill.execute_notebook(
-            str(source),
-            str(tmp),
-            parameters=parameters,
-            cwd=str(root),
-            progress_bar=True,
-            report_mode=False,
-        )
-    except BaseException:
-        if tmp.exists() and tmp.stat().st_size:
-            os.replace(tmp, failed)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, executed)
+    with atomicio.atomic_path(executed, suffix=".ipynb") as tmp:
+        try:
+            papermill.execute_notebook(
+                str(source),
+                str(tmp),
+                parameters=parameters,
+                cwd=str(root),
+                progress_bar=True,
+                report_mode=False,
+            )
+        except BaseException:
+            if tmp.exists() and tmp.stat().st_size:
+                shutil.copyfile(tmp, failed)
+            raise
     notebook_to_html(executed, html, show_code=show_code)
     return executed, html
