@@ -1,5 +1,7 @@
 """The one feature spec: column rules and the errors that name what is wrong."""
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,3 +68,48 @@ def test_features_for_scoring_ignore_class_and_keep_model_order():
 def test_values_beyond_float32_are_refused():
     with pytest.raises(schema.SchemaError, match=r"column 'Amount': 1 value\(s\) beyond \+/-3.4e\+38, first at row 3"):
         schema.validate_dataset(frame().assign(Amount=[1.0, 2.0, 3.0, 1e39]))
+
+
+def read_csv_text(text: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(text))
+
+
+@pytest.mark.parametrize(
+    "values, count, row, shown",
+    [
+        ([False, True, True, False], 4, 0, "False"),  # what read_csv makes of a True/False column: dtype bool
+        (pd.Series([1.0, np.nan, True, None], dtype=object), 1, 2, "True"),  # True among empty cells
+        (pd.array([None, False, True, None], dtype="boolean"), 2, 1, "False"),  # pandas' nullable booleans
+        (pd.Series([np.True_, 1.0, 2.0, 3.0], dtype=object), 1, 0, "True"),
+    ],
+    ids=["bool dtype", "object with a bool", "nullable boolean", "numpy bool in object"],
+)
+def test_booleans_are_not_numbers(values, count, row, shown):
+    with pytest.raises(schema.SchemaError, match=rf"^creditcard.csv: column 'V3': {count} boolean value\(s\), "
+                                                 rf"expected numbers, first at row {row}: {shown}$"):
+        schema.validate_dataset(frame().assign(V3=values), where="creditcard.csv")
+
+
+def test_a_csv_true_false_column_is_refused_not_read_as_one_and_zero():
+    text = frame().assign(V3=[True, False, True, False]).to_csv(index=False)
+    parsed = read_csv_text(text)
+    assert parsed["V3"].dtype == bool, "the reason for the rule: pandas reads True/False as booleans"
+    message = r"column 'V3': 4 boolean value\(s\), expected numbers, first at row 0: True$"
+    with pytest.raises(schema.SchemaError, match=message):
+        schema.validate_dataset(parsed)
+    with pytest.raises(schema.SchemaError, match=message):
+        schema.validate_features(parsed.drop(columns=[schema.TARGET]))
+
+
+def test_the_word_true_among_numbers_is_a_non_numeric_value():
+    parsed = read_csv_text(frame().assign(V3=["1.0", "True", "2", "3"]).to_csv(index=False))
+    with pytest.raises(schema.SchemaError, match=r"column 'V3': 1 non-numeric value\(s\), first at row 1: 'True'"):
+        schema.validate_dataset(parsed)
+
+
+def test_an_integer_too_large_for_a_float_is_out_of_range_not_a_crash():
+    parsed = read_csv_text(frame().assign(Time=[0, 1, 10**400, 3]).to_csv(index=False))
+    assert isinstance(parsed["Time"].iloc[2], int), "pandas keeps a 400-digit integer as a Python int"
+    with pytest.raises(schema.SchemaError, match=r"column 'Time': 1 integer\(s\) too large for a float \(beyond "
+                                                 r"\+/-3.4e\+38\), first at row 2: a 1329-bit integer"):
+        schema.validate_dataset(parsed)

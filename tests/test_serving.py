@@ -14,8 +14,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from ccfraud import artifacts, modeling, s3, schema, synthetic
-from ccfraud.serving import create_app, scoring
+from ccfraud.serving import create_app, payload, scoring
 from ccfraud.serving import model_source as model_source_module
+from ccfraud.serving.errors import ApiError
 
 LAST_RESORT_LOGGER = "ccfraud.serving.errors"
 
@@ -261,6 +262,10 @@ BAD_REQUESTS = {
     "CSV beyond float32": ("text/csv", bad_csv_frame("V3", 2, "-1e39"), 400, "V3", 2),
     "CSV empty cell": ("text/csv", bad_csv_frame("V13", 1, ""), 400, "V13", 1),
     "CSV booleans": ("text/csv", csv_text(pd.DataFrame([{**valid_object(), "V14": True}] * 2)), 400, "V14", 0),
+    "CSV booleans among empty cells": ("text/csv", csv_text(pd.DataFrame([valid_object()] * 3).assign(
+        V14=[None, True, None])), 400, "V14", 1),
+    "CSV integer too large for a float": ("text/csv", csv_text(pd.DataFrame([valid_object()] * 3).assign(
+        Time=[0, 10**400, 2])), 400, "Time", 1),
     "CSV header only": ("text/csv", ",".join(schema.COLUMNS) + "\n", 400, None, None),
     "CSV without header": ("text/csv", VALID_ROW_CSV.split("\n", 1)[1], 400, "Time", None),
     "CSV ragged row": ("text/csv", VALID_ROW_CSV + "1,2,3," * 20 + "4\n", 400, None, None),
@@ -295,6 +300,42 @@ def test_bad_input_is_a_json_error_that_says_where(client, caplog, name):
         assert str(row) in message
     assert "Traceback" not in message
     assert not [r for r in caplog.records if r.name == LAST_RESORT_LOGGER], "a bad input reached the 500 handler"
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+EDGE_VALUES = {
+    "zero": 0, "negative int": -3, "float": 1.5, "tiny": -2.5e-300, "float32 max": _F32_MAX,
+    "minus float32 max": -_F32_MAX, "just beyond float32": float(np.nextafter(_F32_MAX, np.inf)), "1e39": 1e39,
+    "int 2**128": 2**128, "int 2**127": 2**127, "int beyond float": 10**400, "NaN": float("nan"),
+    "inf": float("inf"), "-inf": float("-inf"), "true": True, "false": False, "null": None,
+}
+
+
+@pytest.mark.parametrize("name", list(EDGE_VALUES))
+def test_json_fast_path_accepts_exactly_what_the_schema_accepts(name):
+    """transaction_row checks values one by one for speed; its verdict must equal schema.validate_features'."""
+    obj = {**valid_object(), "V7": EDGE_VALUES[name]}
+    try:
+        json_row = payload.transaction_row(obj)
+    except ApiError as error:
+        json_row = None
+        assert error.field == "V7" and "V7" in error.message
+    frame = pd.DataFrame({column: pd.Series([value], dtype=object) for column, value in obj.items()})
+    try:
+        schema_row = schema.validate_features(frame).to_numpy()[0].tolist()
+    except schema.SchemaError as error:
+        schema_row = None
+        assert "column 'V7'" in str(error)
+    assert json_row == schema_row
+
+
+def test_json_alone_refuses_numeric_strings():
+    """The one rule JSON adds: a string is not a number in a JSON document, though a CSV cell may be text."""
+    obj = {**valid_object(), "V7": "1.5"}
+    with pytest.raises(ApiError, match=r"field 'V7': expected a number, found string \"1.5\""):
+        payload.transaction_row(obj)
+    frame = pd.DataFrame({column: pd.Series([value], dtype=object) for column, value in obj.items()})
+    assert schema.validate_features(frame)["V7"].tolist() == [1.5]
 
 
 def test_size_limit_message_names_the_limit(client):

@@ -7,9 +7,11 @@ exactly what it held before (an earlier download, untouched, and no temp file).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -58,6 +60,16 @@ def out_dir(tmp_path: Path) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def no_netrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty home and no $NETRC, so the user's own ~/.netrc never takes part; returns the home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NETRC", raising=False)
+    return home
+
+
 def assert_untouched(out_dir: Path) -> None:
     """Only the earlier file is there, byte for byte: no temp file, no partial replacement."""
     assert sorted(p.name for p in out_dir.iterdir()) == ["creditcard.csv"]
@@ -99,6 +111,18 @@ BAD_CONTENT: dict[str, tuple[str | bytes, str]] = {
         with_cell("Class", 6, 2), r"column 'Class': 1 value\(s\) outside \{0, 1\}, first at row 6"
     ),
     "ragged row": (csv_text(valid_frame()) + "1,2,3," * 12 + "\n", r"not a well-formed CSV file.*line 10"),
+    "True/False column": (
+        csv_text(valid_frame().assign(V3=[False, True] * 4)),
+        r"column 'V3': 8 boolean value\(s\), expected numbers, first at row 0: False",
+    ),
+    "True among empty cells": (
+        csv_text(valid_frame().assign(V3=[None, None, True, None, None, None, False, None])),
+        r"column 'V3': 2 boolean value\(s\), expected numbers, first at row 2: True",
+    ),
+    "integer too large for a float": (
+        csv_text(valid_frame().assign(Time=[0, 10**400, 2, 3, 4, 5, 6, 7])),
+        r"column 'Time': 1 integer\(s\) too large for a float .*first at row 1: a 1329-bit integer",
+    ),
     "gzip bytes": (b"\x1f\x8b\x08\x00\xff\xfe\x00\x00", r"not a UTF-8 text file"),
 }
 
@@ -208,14 +232,71 @@ def test_http_404_names_the_status(http_root: tuple[str, Path], out_dir: Path):
     assert_untouched(out_dir)
 
 
-def test_http_errors_never_show_secrets_from_the_url(http_root: tuple[str, Path], out_dir: Path):
+def test_http_errors_keep_harmless_query_parameters(http_root: tuple[str, Path], out_dir: Path):
     base, _ = http_root
-    url = base.replace("http://", "http://alice:hunter2@") + "/missing.csv?token=s3cr3t&version=2"
-    with pytest.raises(SourceError, match="HTTP 404") as caught:
-        fetch_dataset(url, out_dir / "creditcard.csv")
+    with pytest.raises(SourceError, match=rf"{base}/missing.csv\?version=2: the server answered HTTP 404"):
+        fetch_dataset(f"{base}/missing.csv?version=2", out_dir / "creditcard.csv")
+    assert_untouched(out_dir)
+
+
+# Nothing listens on the port, so a URI that got past the refusal would fail differently ("connection refused").
+_NOWHERE = f"127.0.0.1:{closed_port()}"
+USERINFO = "a user name or password before '@'"
+SECRET_QUERY = "secret-looking query parameter"
+URIS_WITH_CREDENTIALS: dict[str, tuple[str, str, list[str]]] = {
+    # name: (source URI, the problem the message names, secrets it must not show)
+    "user and password": (f"http://alice:hunter2@{_NOWHERE}/creditcard.csv", USERINFO, ["alice", "hunter2"]),
+    "token as user name": (f"https://ghp_T0KEN@{_NOWHERE}/creditcard.csv", USERINFO, ["ghp_T0KEN"]),
+    "token parameter": (f"http://{_NOWHERE}/creditcard.csv?token=s3cr3t&version=2", f"{SECRET_QUERY}.*'token'",
+                        ["s3cr3t"]),
+    "pre-signed S3 URL": (
+        f"https://{_NOWHERE}/creditcard.csv?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F2024"
+        "&X-Amz-Signature=deadbeef",
+        f"{SECRET_QUERY}.*'X-Amz-Credential', 'X-Amz-Signature'",
+        ["AKIAEXAMPLE", "deadbeef"],
+    ),
+    "api key and password": (f"http://{_NOWHERE}/d.csv?api_key=k3y&password=pa55", SECRET_QUERY, ["k3y", "pa55"]),
+    "keys in an s3 URI": ("s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/creditcard.csv", USERINFO,
+                          ["AKIAEXAMPLE", "wJalrXUtnFEMI"]),
+}
+
+
+@pytest.mark.parametrize("case", URIS_WITH_CREDENTIALS, ids=list(URIS_WITH_CREDENTIALS))
+def test_a_source_carrying_credentials_is_refused_without_repeating_them(case: str, out_dir: Path):
+    uri, problem, secrets = URIS_WITH_CREDENTIALS[case]
+    with pytest.raises(SourceError, match=rf"^source .* carries credentials \({problem}") as caught:
+        fetch_dataset(uri, out_dir / "creditcard.csv")
     message = str(caught.value)
-    assert "hunter2" not in message and "s3cr3t" not in message and "alice" not in message
-    assert "version=2" in message, "harmless parameters stay, so the message still says which file"
+    assert "secrets must never be parameters" in message
+    assert "~/.netrc" in message and "AWS profile" in message, "the message says where credentials go instead"
+    assert not [secret for secret in secrets if secret in message]
+    assert_untouched(out_dir)
+
+
+def test_harmless_parameters_stay_in_the_refusal(out_dir: Path):
+    uri, _, _ = URIS_WITH_CREDENTIALS["token parameter"]
+    with pytest.raises(SourceError, match=rf"source http://{_NOWHERE}/creditcard.csv\?version=2 carries"):
+        fetch_dataset(uri, out_dir / "creditcard.csv")
+
+
+def test_refused_source_creates_no_destination_directory(tmp_path: Path):
+    uri, _, _ = URIS_WITH_CREDENTIALS["user and password"]
+    with pytest.raises(SourceError, match="carries credentials"):
+        fetch_dataset(uri, tmp_path / "new" / "creditcard.csv")
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_endpoint_url_carrying_credentials_is_refused(out_dir: Path):
+    with pytest.raises(SourceError, match=rf"^endpoint_url http://{_NOWHERE} carries credentials") as caught:
+        fetch_dataset("s3://bucket/creditcard.csv", out_dir / "creditcard.csv",
+                      endpoint_url=f"http://AKIAEXAMPLE:wJalrXUtnFEMI@{_NOWHERE}")
+    assert "AKIAEXAMPLE" not in str(caught.value) and "wJalrXUtnFEMI" not in str(caught.value)
+    assert_untouched(out_dir)
+
+
+def test_a_malformed_uri_is_a_source_error_that_does_not_echo_it(out_dir: Path):
+    with pytest.raises(SourceError, match=r"^source: malformed URI \(Invalid IPv6 URL\)$"):
+        fetch_dataset("https://[::1/creditcard.csv?token=s3cr3t", out_dir / "creditcard.csv")
     assert_untouched(out_dir)
 
 
@@ -289,13 +370,121 @@ def test_http_download(http_root: tuple[str, Path], tmp_path: Path):
     assert summary.source == f"{base}/creditcard.csv"
 
 
-def test_http_userinfo_is_sent_but_not_reported(http_root: tuple[str, Path], tmp_path: Path):
-    base, root = http_root
-    (root / "creditcard.csv").write_text(csv_text(valid_frame()))
-    url = base.replace("http://", "http://alice:hunter2@") + "/creditcard.csv?sig=abc"
-    summary = fetch_dataset(url, tmp_path / "out" / "creditcard.csv")
-    assert summary.source == f"{base}/creditcard.csv"
+# ---------------------------------------------------------------- HTTP credentials from ~/.netrc
+
+ALICE = "Basic " + base64.b64encode(b"alice:hunter2").decode()
+NETRC_ENTRY = "machine 127.0.0.1 login alice password hunter2\n"
+
+
+@pytest.fixture
+def private_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[tuple[str, str, str | None]]]]:
+    """A loopback server: (base URL, served directory, requests seen as (host, path, Authorization)).
+
+    ``/private/NAME`` answers 401 unless the request carries alice's Basic login; ``/moved/NAME``
+    redirects to ``/public/NAME`` on ``localhost`` (another host name for the same server);
+    ``/public/NAME`` serves anyone.
+    """
+    root = tmp_path / "private-www"
+    root.mkdir()
+    seen: list[tuple[str, str, str | None]] = []
+
+    class Handler(_QuietHandler):
+        def do_GET(self) -> None:
+            authorization = self.headers.get("Authorization")
+            seen.append((self.headers.get("Host", ""), self.path, authorization))
+            area, _, name = self.path.lstrip("/").partition("/")
+            if area == "moved":
+                self.send_response(302)
+                self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/public/{name}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif area == "private" and authorization != ALICE:
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="data"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self.path = f"/{name}"
+                super().do_GET()
+
+    def handler(*args: object, **kwargs: object) -> Handler:
+        return Handler(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def write_netrc(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("where", ["~/.netrc", "$NETRC"])
+def test_http_login_comes_from_netrc(where: str, private_server, no_netrc: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch):
+    base, root, seen = private_server
+    content = csv_text(valid_frame()).encode()
+    (root / "creditcard.csv").write_bytes(content)
+    if where == "~/.netrc":
+        write_netrc(no_netrc / ".netrc", NETRC_ENTRY)
+    else:
+        monkeypatch.setenv("NETRC", str(write_netrc(tmp_path / "credentials", NETRC_ENTRY)))
+    dest = tmp_path / "out" / "creditcard.csv"
+    summary = fetch_dataset(f"{base}/private/creditcard.csv", dest)
+    check_fetched(summary, dest, content)
+    assert [authorization for _, _, authorization in seen] == [ALICE], "sent at once, not after a 401"
     assert "hunter2" not in json.dumps(summary.to_dict())
+
+
+def test_http_without_a_netrc_login_gets_the_servers_refusal(private_server, out_dir: Path):
+    base, root, seen = private_server
+    (root / "creditcard.csv").write_text(csv_text(valid_frame()))
+    with pytest.raises(SourceError, match=r"/private/creditcard.csv: the server answered HTTP 401"):
+        fetch_dataset(f"{base}/private/creditcard.csv", out_dir / "creditcard.csv")
+    assert [authorization for _, _, authorization in seen] == [None]
+    assert_untouched(out_dir)
+
+
+def test_netrc_login_is_not_sent_to_another_host_after_a_redirect(private_server, no_netrc: Path, tmp_path: Path):
+    base, root, seen = private_server
+    (root / "creditcard.csv").write_text(csv_text(valid_frame()))
+    write_netrc(no_netrc / ".netrc", NETRC_ENTRY)
+    fetch_dataset(f"{base}/moved/creditcard.csv", tmp_path / "out" / "creditcard.csv")
+    assert [(host.partition(":")[0], authorization) for host, _, authorization in seen] == [
+        ("127.0.0.1", ALICE), ("localhost", None)]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the ~/.netrc permission check is POSIX-only")
+def test_a_netrc_readable_by_others_is_refused(private_server, no_netrc: Path, out_dir: Path):
+    base, _, seen = private_server
+    write_netrc(no_netrc / ".netrc", NETRC_ENTRY, mode=0o644)
+    with pytest.raises(SourceError, match=r"\.netrc: cannot use it for HTTP credentials: .*too permissive") as caught:
+        fetch_dataset(f"{base}/private/creditcard.csv", out_dir / "creditcard.csv")
+    assert "hunter2" not in str(caught.value)
+    assert seen == [], "nothing was sent"
+    assert_untouched(out_dir)
+
+
+def test_a_malformed_netrc_is_refused_without_quoting_it(private_server, tmp_path: Path, out_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    base, _, seen = private_server
+    # "password" is missing, so the parser meets the password itself where a keyword belongs.
+    path = write_netrc(tmp_path / "credentials", "machine 127.0.0.1 login alice hunter2\n")
+    monkeypatch.setenv("NETRC", str(path))
+    refusal = rf"^{path}: cannot use it for HTTP credentials: syntax error at line \d+$"
+    with pytest.raises(SourceError, match=refusal) as caught:
+        fetch_dataset(f"{base}/private/creditcard.csv", out_dir / "creditcard.csv")
+    assert "hunter2" not in str(caught.value)
+    assert seen == []
+    assert_untouched(out_dir)
 
 
 def test_quoted_header_and_values_like_the_real_file(tmp_path: Path):
@@ -367,9 +556,3 @@ def test_redact(case: str):
     uri, expected = REDACTIONS[case]
     assert redact(uri) == expected
 
-
-def test_file_md5_streams_large_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 7)  # many chunks, uneven last one
-    path = tmp_path / "x.bin"
-    path.write_bytes(bytes(range(256)) * 3)
-    assert sources.file_md5(path) == hashlib.md5(path.read_bytes()).hexdigest()

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ccfraud import atomicio, schema
+from ccfraud.checksums import file_sha256  # also imported from here by ccfraud.publish
 
 MODEL_FILE = "model.skops"
 METADATA_FILE = "model.json"
@@ -32,14 +33,6 @@ RECORDED_LIBRARIES = (*PINNED_LIBRARIES, "pandas", "scipy")
 
 class ArtifactError(RuntimeError):
     """A model artifact is missing, tampered with or incompatible; the message says which."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def behaviour_fingerprint(model: Any) -> str:

@@ -36,11 +36,13 @@ def parse_assignments(assignments: list[str]) -> dict:
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     from ccfraud.reporting import run_stage_notebook
+    from ccfraud.sources import redact
 
     params = load_stage_params(args.name, Path(args.params))
     show_code = bool(params.pop("show_code", False))
     params.update(parse_assignments(args.param))
-    print(f"[ccfraud] stage '{args.name}' with parameters {params}", file=sys.stderr, flush=True)
+    shown = {key: redact(value) if isinstance(value, str) else value for key, value in params.items()}
+    print(f"[ccfraud] stage '{args.name}' with parameters {shown}", file=sys.stderr, flush=True)
     executed, html = run_stage_notebook(args.name, params, show_code=show_code)
     print(f"[ccfraud] wrote {executed} and {html}", file=sys.stderr, flush=True)
     return 0

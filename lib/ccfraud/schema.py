@@ -31,6 +31,26 @@ def _first_bad_row(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
+def _booleans(values: pd.Series) -> np.ndarray:
+    """Where ``values`` holds booleans: pandas reads a CSV column of True/False as bool, which would pass as 1/0."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.notna().to_numpy()
+    if values.dtype == object:  # True/False mixed with empty cells, or Python objects from a JSON-built frame
+        return np.fromiter((isinstance(v, (bool, np.bool_)) for v in values), dtype=bool, count=len(values))
+    return np.zeros(len(values), dtype=bool)
+
+
+def _too_large_for_float(value: object) -> bool:
+    """An integer no float can hold (pandas reads a 400-digit CSV integer as a Python int)."""
+    if not isinstance(value, int):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return True
+    return False
+
+
 def check_columns(columns: list[str], *, require_target: bool = True, where: str = "data") -> None:
     """Raise SchemaError unless ``columns`` are exactly the expected ones (order free)."""
     expected = COLUMNS if require_target else FEATURES
@@ -53,12 +73,33 @@ def check_columns(columns: list[str], *, require_target: bool = True, where: str
 def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "data") -> pd.DataFrame:
     """Return ``frame[columns]`` as float64, naming the first non-numeric or non-finite value.
 
-    Row numbers in errors count data rows from 0 (the header is not a row).
+    A value is accepted if it is a number or a string that parses as one (quoted
+    numbers, as in the real file), finite and within +/-``MAX_ABS_VALUE``. Booleans
+    are refused, though Python counts them as numbers: ``True`` in a feature column is
+    a broken file, not 1.0. Row numbers in errors count data rows from 0 (the header is
+    not a row).
     """
     out = {}
     for column in columns:
         raw = frame[column]
-        values = pd.to_numeric(raw, errors="coerce")
+        booleans = _booleans(raw)
+        if booleans.any():
+            row = _first_bad_row(booleans)
+            raise SchemaError(
+                f"{where}: column '{column}': {int(booleans.sum())} boolean value(s), expected numbers, "
+                f"first at row {row}: {bool(raw.iloc[row])}"
+            )
+        try:
+            values = pd.to_numeric(raw, errors="coerce")
+        except OverflowError:
+            overflow = np.fromiter(map(_too_large_for_float, raw), dtype=bool, count=len(raw))
+            if not overflow.any():
+                raise
+            row = _first_bad_row(overflow)
+            raise SchemaError(
+                f"{where}: column '{column}': {int(overflow.sum())} integer(s) too large for a float (beyond "
+                f"+/-{MAX_ABS_VALUE:.3g}), first at row {row}: a {int(raw.iloc[row]).bit_length()}-bit integer"
+            ) from None
         bad = values.isna().to_numpy() & raw.notna().to_numpy()
         if bad.any():
             row = _first_bad_row(bad)

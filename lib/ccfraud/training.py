@@ -6,7 +6,6 @@ layout (metrics.json, plots/*.csv, the model directory) is decided here once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ccfraud import artifacts, atomicio, evaluation, modeling, preprocess, schema
+from ccfraud import artifacts, atomicio, checksums, evaluation, modeling, preprocess, schema
 from ccfraud.modeling import SearchResult, candidates_table
 
 PLOTS_DIR = "plots"
@@ -98,14 +97,6 @@ def select_model(
                      len(rows), int(rows[schema.TARGET].sum()))
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _round(values: dict[str, Any], digits: int = 6) -> dict[str, Any]:
     return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in values.items()}
 
@@ -174,7 +165,8 @@ def finish_run(
     }
     training_data = {}
     if processed_dir is not None:
-        training_data = {name: _md5(Path(processed_dir) / f"{name}.parquet") for name in preprocess.SPLIT_NAMES}
+        training_data = {name: checksums.file_md5(Path(processed_dir) / f"{name}.parquet")
+                         for name in preprocess.SPLIT_NAMES}
     meta = artifacts.save_model(
         model,
         model_dir,

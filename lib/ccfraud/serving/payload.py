@@ -2,14 +2,16 @@
 
 The rules are the feature spec's (:mod:`ccfraud.schema`): every feature present, no
 unknown field (``Class`` is allowed and ignored, as in ``schema.validate_features``),
-every value numeric and finite. JSON adds one rule of its own: values must be JSON
-numbers, because a string or a boolean in a JSON document is a client bug that
-silent coercion would hide. CSV bodies go through ``schema.validate_features`` itself.
+every value a number (not a boolean), finite and within +/-``schema.MAX_ABS_VALUE``.
+JSON adds one rule of its own: values must be JSON numbers, because a numeric string
+in a JSON document is a client bug that silent coercion would hide. CSV bodies go
+through ``schema.validate_features`` itself.
 
 JSON transactions (one, or each of a batch) are checked value by value into plain
 lists instead of a DataFrame: building pandas objects costs more than scoring one
 row, and the rules are the same (the column-set check and its message come from the
-schema itself; the tests check that acceptance follows it).
+schema itself; tests/test_serving.py checks that per-value acceptance equals the
+schema's).
 """
 
 from __future__ import annotations
@@ -182,12 +184,7 @@ def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
     except schema.SchemaError as error:
         raise _from_schema_error(error) from None
     check_row_count(len(frame), max_rows)
-    # pandas reads a column of only True/False as booleans, which would pass as 1.0/0.0.
-    for column in schema.FEATURES:
-        if frame[column].dtype == bool:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: column '{column}': expected numbers, found booleans, "
-                           f"first at row 0: {bool(frame[column].iloc[0])}", field=column, row=0)
-    try:
+    try:  # also refuses True/False columns, which pandas reads as booleans
         clean = schema.validate_features(frame, where=where)
     except schema.SchemaError as error:
         raise _from_schema_error(error) from None
