@@ -69,6 +69,19 @@ def make_project_copy(dest: Path, source: str = SMALL_SOURCE) -> Path:
     return dest
 
 
+#: What a destination held before a fetch: a failed fetch must leave it byte for byte.
+OLD_CONTENT = b"an earlier download that must survive a failed fetch\n"
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    """A destination directory already holding an earlier ``creditcard.csv``."""
+    directory = tmp_path / "out"
+    directory.mkdir()
+    (directory / "creditcard.csv").write_bytes(OLD_CONTENT)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> Path:
     """A temporary copy of the repository where `dvc repro` has run on a small synthetic dataset.

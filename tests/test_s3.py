@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from s3_fixtures import isolate_aws_environment
-from test_sources import OLD_CONTENT, assert_untouched, closed_port, csv_text, valid_frame
+from test_sources import assert_untouched, closed_port, csv_text, valid_frame
 
 from ccfraud import s3
 from ccfraud.s3 import S3Error
@@ -29,15 +29,6 @@ from ccfraud.sources import SourceError, fetch_dataset
 MiB = 1024 * 1024
 #: A transfer must fail within this many seconds once the server is gone (retries included).
 FAULT_DEADLINE = 25.0
-
-
-@pytest.fixture
-def out_dir(tmp_path: Path) -> Path:
-    """A destination directory already holding an earlier ``creditcard.csv``."""
-    directory = tmp_path / "out"
-    directory.mkdir()
-    (directory / "creditcard.csv").write_bytes(OLD_CONTENT)
-    return directory
 
 
 def unique(name: str) -> str:

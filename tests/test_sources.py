@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import OLD_CONTENT
 
 from ccfraud import schema, sources
 from ccfraud.schema import SchemaError
 from ccfraud.sources import SourceError, fetch_dataset, redact
-
-OLD_CONTENT = b"an earlier download that must survive a failed fetch\n"
 
 
 def valid_frame(rows: int = 8, frauds: int = 2) -> pd.DataFrame:
@@ -49,15 +48,6 @@ def quoted_like_real_file(frame: pd.DataFrame) -> str:
         *features, label = row
         lines.append(",".join([*(repr(float(v)) for v in features), f'"{label}"']))
     return "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-def out_dir(tmp_path: Path) -> Path:
-    """A destination directory already holding an earlier ``creditcard.csv``."""
-    directory = tmp_path / "out"
-    directory.mkdir()
-    (directory / "creditcard.csv").write_bytes(OLD_CONTENT)
-    return directory
 
 
 @pytest.fixture(autouse=True)

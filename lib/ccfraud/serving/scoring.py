@@ -77,36 +77,28 @@ def _without_feature_names(estimator: Any) -> Any:
 Kernel = Callable[[np.ndarray], np.ndarray]
 
 
-def _robust_scaler(step: RobustScaler) -> Kernel:
-    """RobustScaler.transform on dense input: subtract center_, divide by scale_."""
-    center = step.center_ if step.with_centering else None
-    scale = step.scale_ if step.with_scaling else None
+def _shift_and_scale(shift: np.ndarray | None, scale: np.ndarray | None) -> Kernel:
+    """(X - shift) / scale on dense input, either part optional: what both scalers' transform does."""
 
     def transform(matrix: np.ndarray) -> np.ndarray:
         out = np.array(matrix, dtype=np.float64)
-        if center is not None:
-            out -= center
+        if shift is not None:
+            out -= shift
         if scale is not None:
             out /= scale
         return out
 
     return transform
+
+
+def _robust_scaler(step: RobustScaler) -> Kernel:
+    """RobustScaler.transform: subtract center_, divide by scale_."""
+    return _shift_and_scale(step.center_ if step.with_centering else None, step.scale_ if step.with_scaling else None)
 
 
 def _standard_scaler(step: StandardScaler) -> Kernel:
-    """StandardScaler.transform on dense input: subtract mean_, divide by scale_."""
-    mean = step.mean_ if step.with_mean else None
-    scale = step.scale_ if step.with_std else None
-
-    def transform(matrix: np.ndarray) -> np.ndarray:
-        out = np.array(matrix, dtype=np.float64)
-        if mean is not None:
-            out -= mean
-        if scale is not None:
-            out /= scale
-        return out
-
-    return transform
+    """StandardScaler.transform: subtract mean_, divide by scale_."""
+    return _shift_and_scale(step.mean_ if step.with_mean else None, step.scale_ if step.with_std else None)
 
 
 def _binary_logistic(step: LogisticRegression) -> Kernel:
