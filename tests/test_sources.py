@@ -8,6 +8,7 @@ exactly what it held before (an earlier download, untouched, and no temp file).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.server
 import json
@@ -195,24 +196,31 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         """Keep the test output clean."""
 
 
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """An HTTP server on loopback serving a temporary directory: (base URL, directory)."""
-    root = tmp_path / "www"
-    root.mkdir()
+@contextlib.contextmanager
+def serve_directory(root: Path, handler_class: type[_QuietHandler] = _QuietHandler) -> Iterator[str]:
+    """Serve ``root`` on a free loopback port with ``handler_class``; yield the base URL."""
 
     def handler(*args: object, **kwargs: object) -> _QuietHandler:
-        return _QuietHandler(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+        return handler_class(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTP server on loopback serving a temporary directory: (base URL, directory)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    with serve_directory(root) as base:
+        yield base, root
 
 
 def test_http_404_names_the_status(http_root: tuple[str, Path], out_dir: Path):
@@ -397,18 +405,8 @@ def private_server(tmp_path: Path) -> Iterator[tuple[str, Path, list[tuple[str, 
                 self.path = f"/{name}"
                 super().do_GET()
 
-    def handler(*args: object, **kwargs: object) -> Handler:
-        return Handler(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root, seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_directory(root, Handler) as base:
+        yield base, root, seen
 
 
 def write_netrc(path: Path, text: str, mode: int = 0o600) -> Path:
