@@ -476,7 +476,7 @@ def test_app_creation_freezes_the_heap_out_of_garbage_collection(model_dir):
 @pytest.mark.parametrize("model_name, sampler, classifier_path", [
     ("logreg", "smote", "binary_logistic"),
     ("hist_gb", "none", scoring.OWN_PREDICT_PROBA),
-    ("random_forest", "undersample", "flat_forest"),
+    ("random_forest", "undersample", "binary_forest"),
 ])
 def test_fast_path_equals_the_pipeline_for_every_candidate(model_name, sampler, classifier_path):
     data = synthetic.generate(rows=3000, frauds=60, seed=2)

@@ -1,16 +1,19 @@
 """The random-forest kernel of the scoring fast path: same numbers as the training code path, or not used.
 
-The kernel walks all trees at once instead of calling the forest's ``predict_proba``;
-these tests hold it to ``modeling.fraud_probability`` on single rows, small and big
-batches and values sitting exactly on split thresholds (where the float32 cast
-scikit-learn applies decides the branch), and check that a kernel built wrong is
-caught at load time by the parity check and never serves.
+The kernel scores the forest's own trees without its ``predict_proba`` (a node table for
+a few rows, parallel chunks of trees for many); these tests hold it to
+``modeling.fraud_probability`` on single rows, small and big batches and values sitting
+exactly on split thresholds (where the float32 cast scikit-learn applies decides the
+branch), and check that a kernel built wrong is caught at load time and never serves.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -18,7 +21,7 @@ import pytest
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
 from ccfraud import modeling, schema, synthetic
-from ccfraud.serving import scoring
+from ccfraud.serving import forest, scoring
 
 #: Within this of the training code path, the same contract the load-time parity check enforces.
 ATOL = scoring.PARITY_TOLERANCE
@@ -53,9 +56,9 @@ def expected(model, matrix: np.ndarray) -> np.ndarray:
     return modeling.fraud_probability(model, pd.DataFrame(matrix, columns=schema.FEATURES))
 
 
-def test_forest_is_scored_by_the_flat_forest_kernel(forest_model, scorer):
+def test_forest_is_scored_by_the_forest_kernel(forest_model, scorer):
     assert scorer.path == scoring.FAST, scorer.fallback_reason
-    assert scorer.classifier_path == "flat_forest"
+    assert scorer.classifier_path == "binary_forest"
     assert scorer.fallback_reason is None
 
 
@@ -81,23 +84,123 @@ def test_single_rows_equal_the_pipeline(forest_model, scorer, unseen):
     assert np.count_nonzero(reference) >= 10  # frauds among the rows: leaves with fraud fractions are reached
 
 
-@pytest.mark.parametrize("size", [2, 7, 16, scoring.FOREST_BATCH_ROWS, scoring.FOREST_BATCH_ROWS + 1, 1000])
+BATCH_SIZES = [2, 7, forest.NODE_TABLE_ROWS, forest.NODE_TABLE_ROWS + 1, 1000]
+
+
+@pytest.mark.parametrize("size", BATCH_SIZES)
 def test_batches_equal_the_pipeline(forest_model, scorer, unseen, size):
     matrix = unseen[schema.FEATURES].to_numpy()[:size]
     np.testing.assert_allclose(scorer.probabilities(matrix), expected(forest_model, matrix), rtol=0, atol=ATOL)
 
 
-def test_small_batches_are_walked_big_ones_use_the_forest(scorer, unseen, monkeypatch):
-    """Up to FOREST_BATCH_ROWS rows the forest's own predict_proba is never called; above, it is."""
+def classifier_input(model, frame: pd.DataFrame) -> np.ndarray:
+    """What the forest itself receives: the pipeline's transformed features, as float32."""
+    transformed = model.estimator_.named_steps["preprocess"].transform(frame[schema.FEATURES])
+    return np.ascontiguousarray(transformed, dtype=np.float32)
+
+
+def own_predict_proba(model, values: np.ndarray) -> np.ndarray:
+    return model.predict_proba(pd.DataFrame(values, columns=model.feature_names_in_))[:, 1]
+
+
+@pytest.mark.parametrize("rows", [1, 5, forest.NODE_TABLE_SLICE, 3 * forest.NODE_TABLE_SLICE + 5])
+def test_node_table_equals_predict_proba(forest_model, unseen, rows):
+    """Also across the slices a big input is cut into."""
+    model = forest_model.estimator_.named_steps["model"]
+    values = classifier_input(forest_model, unseen.iloc[:rows])
+    reference = own_predict_proba(model, values)
+    np.testing.assert_allclose(forest.NodeTable.from_forest(model).probabilities(values), reference,
+                               rtol=0, atol=ATOL)
+
+
+def test_node_table_scores_concurrent_requests_in_threads_independently(forest_model, unseen):
+    """Each thread walks its own scratch table: concurrent requests (gthread, tests) never see each other's rows."""
+    model = forest_model.estimator_.named_steps["model"]
+    table = forest.NodeTable.from_forest(model)
+    values = classifier_input(forest_model, unseen.iloc[:64])
+    reference = own_predict_proba(model, values)
+    start = threading.Barrier(4)
+
+    def score(offset: int) -> list[float]:
+        start.wait()
+        return [float(table.probabilities(values[i : i + 1 + i % 3])[0]) for i in range(offset, 60, 4)]
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads between NumPy calls, so a shared table would be overwritten
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(score, range(4)))
+    finally:
+        sys.setswitchinterval(interval)
+    for offset, found in enumerate(results):
+        np.testing.assert_allclose(found, reference[offset:60:4], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_tree_chunks_equal_predict_proba_with_any_thread_count(forest_model, unseen, threads):
+    model = forest_model.estimator_.named_steps["model"]
+    values = classifier_input(forest_model, unseen.iloc[:500])
+    reference = own_predict_proba(model, values)
+    found = forest.TreeChunks.from_forest(model, threads).probabilities(values)
+    if threads == 1:  # one chunk adds the trees in predict_proba's own order: the same bits
+        np.testing.assert_array_equal(found, reference)
+    else:
+        np.testing.assert_allclose(found, reference, rtol=0, atol=ATOL)
+
+
+def test_tree_chunks_run_in_parallel_threads(forest_model, unseen, monkeypatch):
+    """Each chunk runs in its own thread, so a big batch uses every CPU the process has."""
+    model = forest_model.estimator_.named_steps["model"]
+    chunks = forest.TreeChunks.from_forest(model, threads=2)
+    seen: set[str] = set()
+    real = forest.TreeChunks._chunk_sum
+
+    def recording(self, values, first, stop):
+        seen.add(threading.current_thread().name)
+        return real(self, values, first, stop)
+
+    monkeypatch.setattr(forest.TreeChunks, "_chunk_sum", recording)
+    chunks.probabilities(classifier_input(forest_model, unseen.iloc[:100]))
+    assert len(seen) == 2 and threading.current_thread().name not in seen
+
+
+def test_few_rows_use_the_table_many_the_chunks_never_predict_proba(scorer, unseen, monkeypatch):
+    """Up to NODE_TABLE_ROWS rows the node table scores, above it the tree chunks; the forest's method never."""
+    calls: list[tuple[str, int]] = []
+
     def refuse(self, X):
         raise AssertionError(f"predict_proba called with {len(X)} rows")
 
+    def recorder(name, method):
+        def record(self, values):
+            calls.append((name, len(values)))
+            return method(self, values)
+        return record
+
     monkeypatch.setattr(RandomForestClassifier, "predict_proba", refuse)
+    monkeypatch.setattr(forest.NodeTable, "probabilities", recorder("table", forest.NodeTable.probabilities))
+    monkeypatch.setattr(forest.TreeChunks, "probabilities", recorder("chunks", forest.TreeChunks.probabilities))
     matrix = unseen[schema.FEATURES].to_numpy()
-    assert scorer.probabilities(matrix[:1]).shape == (1,)
-    assert scorer.probabilities(matrix[: scoring.FOREST_BATCH_ROWS]).shape == (scoring.FOREST_BATCH_ROWS,)
-    with pytest.raises(AssertionError, match=f"called with {scoring.FOREST_BATCH_ROWS + 1} rows"):
-        scorer.probabilities(matrix[: scoring.FOREST_BATCH_ROWS + 1])
+    for rows in (1, forest.NODE_TABLE_ROWS, forest.NODE_TABLE_ROWS + 1):
+        assert scorer.probabilities(matrix[:rows]).shape == (rows,)
+    assert calls == [("table", 1), ("table", forest.NODE_TABLE_ROWS), ("chunks", forest.NODE_TABLE_ROWS + 1)]
+
+
+def test_float32_floor_makes_the_float32_comparison_exact():
+    """For every float32 x: x <= threshold (in float64) exactly when x <= float32_floor(threshold)."""
+    rng = np.random.default_rng(0)
+    thresholds = np.concatenate([
+        rng.normal(0.0, 3.0, 2000), rng.uniform(-1e6, 1e6, 500), np.float32(rng.normal(0.0, 3.0, 200)),
+        [0.0, -0.0, 1e-45, -1e-45, 3.4e38, -3.4e38, 1e39, -1e39],
+    ])
+    floor = forest.float32_floor(thresholds)
+    assert floor.dtype == np.float32
+    assert np.all(floor.astype(np.float64) <= thresholds)
+    with np.errstate(over="ignore"):  # the step above float32's largest value is inf, as it should be
+        assert np.all(np.nextafter(floor, np.float32(np.inf)).astype(np.float64) > thresholds)
+        nearest = thresholds.astype(np.float32)
+    for x in (nearest, np.nextafter(nearest, np.float32(-np.inf)), np.nextafter(nearest, np.float32(np.inf))):
+        np.testing.assert_array_equal(x.astype(np.float64) <= thresholds, x <= floor)
 
 
 def root_threshold_rows(model, base: np.ndarray) -> tuple[np.ndarray, int]:
@@ -135,41 +238,74 @@ def test_values_on_split_thresholds_branch_like_the_pipeline(forest_model, score
 
 
 def test_load_time_threshold_rows_tell_the_comparison_precisions_apart(forest_model):
-    """threshold_rows catch a walk that compares all in float32 (or all in float64), which random rows miss."""
-    forest = forest_model.estimator_.named_steps["model"]
-    flat = scoring.flatten_forest(forest)
-    rows = scoring.threshold_rows(flat)
-    assert len(rows) == 3 * len(forest.estimators_)
-    reference = forest.predict_proba(pd.DataFrame(rows, columns=forest.feature_names_in_))[:, 1]
-    np.testing.assert_allclose(flat.probabilities(rows), reference, rtol=0, atol=ATOL)
-    in_float32 = dataclasses.replace(flat, threshold=flat.threshold.astype(np.float32).astype(np.float64))
-    assert np.max(np.abs(in_float32.probabilities(rows) - reference)) > 1e-3
-    random_rows = np.random.default_rng(0).normal(0.0, 2.0, size=(1000, flat.n_features))
-    np.testing.assert_array_equal(in_float32.probabilities(random_rows), flat.probabilities(random_rows))
+    """threshold_rows catch a table that compares all in float32 (rounding to nearest), which random rows miss."""
+    model = forest_model.estimator_.named_steps["model"]
+    table = forest.NodeTable.from_forest(model)
+    rows = forest.threshold_rows(model)
+    assert len(rows) == 3 * len(model.estimators_)
+    reference = model.predict_proba(pd.DataFrame(rows, columns=model.feature_names_in_))[:, 1]
+    as_float32 = rows.astype(np.float32)
+    np.testing.assert_allclose(table.probabilities(as_float32), reference, rtol=0, atol=ATOL)
+    nearest = dataclasses.replace(table, threshold=internal_thresholds(model).astype(np.float32))
+    assert np.max(np.abs(nearest.probabilities(as_float32) - reference)) > 1e-3
+    random_rows = np.random.default_rng(0).normal(0.0, 2.0, size=(1000, table.n_features)).astype(np.float32)
+    np.testing.assert_array_equal(nearest.probabilities(random_rows), table.probabilities(random_rows))
 
 
-BREAKAGES = {
-    "children swapped": lambda flat: dataclasses.replace(flat, children=flat.children.reshape(-1, 2)[:, ::-1].ravel()),
-    "last tree dropped": lambda flat: dataclasses.replace(flat, roots=flat.roots[:-1]),
-    "thresholds in float32": lambda flat: dataclasses.replace(
-        flat, threshold=flat.threshold.astype(np.float32).astype(np.float64)),
+def internal_thresholds(model) -> np.ndarray:
+    """The fitted trees' float64 thresholds of internal nodes, in the node table's order."""
+    trees = [estimator.tree_ for estimator in model.estimators_]
+    return np.concatenate([tree.threshold[tree.children_left != -1] for tree in trees])
+
+
+TABLE_BREAKAGES = {
+    "children swapped": lambda table: dataclasses.replace(table, left=table.right, right=table.left),
+    "last tree dropped": lambda table: dataclasses.replace(table, roots=table.roots[:-1]),
+    "the other class's fractions": lambda table: dataclasses.replace(table, fraud_fraction=1 - table.fraud_fraction),
 }
 
 
-@pytest.mark.parametrize("breakage", list(BREAKAGES))
-def test_a_broken_flattening_is_caught_and_the_pipeline_serves(forest_model, unseen, monkeypatch, caplog, breakage):
-    real = scoring.flatten_forest
-    monkeypatch.setattr(scoring, "flatten_forest", lambda forest: BREAKAGES[breakage](real(forest)))
+def a_broken_kernel_is_caught(forest_model, unseen, caplog) -> scoring.Scorer:
     with caplog.at_level(logging.WARNING, logger=scoring.__name__):
         scorer = scoring.Scorer(forest_model)
     assert scorer.path == scoring.PIPELINE
     assert scorer.classifier_path is None
-    assert "differs from" in scorer.fallback_reason
-    if breakage == "thresholds in float32":
-        assert "on rows at split thresholds" in scorer.fallback_reason
+    assert "differs from" in scorer.fallback_reason and "on rows at split thresholds" in scorer.fallback_reason
     assert any(scorer.fallback_reason in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     matrix = unseen[schema.FEATURES].to_numpy()[:20]
     np.testing.assert_array_equal(scorer.probabilities(matrix), expected(forest_model, matrix))
+    return scorer
+
+
+@pytest.mark.parametrize("breakage", list(TABLE_BREAKAGES))
+def test_a_broken_node_table_is_caught_and_the_pipeline_serves(forest_model, unseen, monkeypatch, caplog, breakage):
+    real = forest.NodeTable.from_forest
+    monkeypatch.setattr(forest.NodeTable, "from_forest",
+                        classmethod(lambda cls, model: TABLE_BREAKAGES[breakage](real(model))))
+    scorer = a_broken_kernel_is_caught(forest_model, unseen, caplog)
+    assert "node table" in scorer.fallback_reason
+
+
+def test_thresholds_rounded_to_nearest_are_caught(forest_model, unseen, monkeypatch, caplog):
+    real = forest.NodeTable.from_forest
+
+    def nearest(cls, model):
+        return dataclasses.replace(real(model), threshold=internal_thresholds(model).astype(np.float32))
+
+    monkeypatch.setattr(forest.NodeTable, "from_forest", classmethod(nearest))
+    assert "node table" in a_broken_kernel_is_caught(forest_model, unseen, caplog).fallback_reason
+
+
+def test_tree_chunks_missing_a_tree_are_caught(forest_model, unseen, monkeypatch, caplog):
+    real = forest.TreeChunks.from_forest
+
+    def short(cls, model, threads=None):
+        chunks = real(model, threads)
+        return dataclasses.replace(chunks, estimators=chunks.estimators[:-1],
+                                   fraud_fractions=chunks.fraud_fractions[:-1])
+
+    monkeypatch.setattr(forest.TreeChunks, "from_forest", classmethod(short))
+    assert "tree chunks" in a_broken_kernel_is_caught(forest_model, unseen, caplog).fallback_reason
 
 
 def test_values_float32_cannot_hold_get_the_forests_own_error(forest_model, scorer, unseen):
@@ -189,7 +325,7 @@ def test_extra_trees_use_the_same_kernel(training, unseen):
     model.fit(training[schema.FEATURES], training[schema.TARGET])
     scorer = scoring.Scorer(model)
     assert scorer.path == scoring.FAST, scorer.fallback_reason
-    assert scorer.classifier_path == "flat_forest"
+    assert scorer.classifier_path == "binary_forest"
     matrix = unseen[schema.FEATURES].to_numpy()[:50]
     np.testing.assert_allclose(scorer.probabilities(matrix), expected(model, matrix), rtol=0, atol=ATOL)
     np.testing.assert_allclose(scorer.probabilities(matrix[3:4]), expected(model, matrix[3:4]), rtol=0, atol=ATOL)

@@ -16,9 +16,9 @@ few whose arithmetic is one line and whose input checks cost 50 times more than 
 (``RobustScaler``, ``StandardScaler``, binary ``LogisticRegression``): for those,
 :data:`KERNELS` applies the same operations to the fitted arrays, in the same order.
 Binary ``RandomForestClassifier``/``ExtraTreesClassifier`` get a kernel too: their
-``predict_proba`` walks 300 trees one by one through joblib (10-35 ms for one row),
-so :class:`FlatForest` concatenates the fitted trees' arrays and walks all of them at
-once, level by level, with the comparisons scikit-learn makes (see :func:`_flat_forest`).
+``predict_proba`` dispatches one joblib task per tree (about 20 ms for one row of 200
+trees), so :mod:`ccfraud.serving.forest` scores the same fitted trees with a node table
+for a few rows and parallel chunks of the trees' own compiled walk for many.
 Nothing is re-fitted: the arrays are the ones training produced.
 
 The plan is only used after it reproduces ``modeling.fraud_probability`` on probe
@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,6 +42,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import RobustScaler, StandardScaler
 
 from ccfraud import modeling, schema
+from ccfraud.serving import forest
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,6 @@ FAST = "numpy"
 PIPELINE = "pipeline"
 #: How the classifier is scored on the NumPy path when it has no kernel: its own ``predict_proba``.
 OWN_PREDICT_PROBA = "predict_proba"
-#: Above this many rows a forest's own ``predict_proba`` (compiled code, one tree at a time over all rows)
-#: beats walking every tree level by level in NumPy. Measured on a 300-tree forest: 256 rows 12 ms flat vs
-#: 21 ms own, 1024 rows 55 ms flat vs 35 ms own.
-FOREST_BATCH_ROWS = 256
 
 
 class UnsupportedPipeline(Exception):
@@ -115,121 +111,10 @@ def _binary_logistic(step: LogisticRegression) -> Kernel:
     return fraud_probability
 
 
-@dataclass(frozen=True)
-class FlatForest:
-    """Every tree of a fitted binary forest in concatenated arrays, so all trees can be walked at once.
-
-    Node ``i`` of tree ``t`` is row ``roots[t] + i``. Leaves point to themselves, so a
-    walk of ``depth`` steps from the roots ends on each tree's leaf whatever its own depth.
-    """
-
-    roots: np.ndarray  #: (n_trees,) the root node of each tree
-    children: np.ndarray  #: (2 * n_nodes,) ``[2i]`` left child of node i, ``[2i + 1]`` right child
-    feature: np.ndarray  #: (n_nodes,) the feature a node splits on (0 at leaves, never used there)
-    threshold: np.ndarray  #: (n_nodes,) float64: left when the float32 feature value is <= threshold
-    fraud_fraction: np.ndarray  #: (n_nodes,) ``tree_.value[:, 0, 1]``: the tree's P(class 1) at a leaf
-    depth: int  #: the deepest tree's depth: steps needed for every walk to reach a leaf
-    n_features: int
-
-    def probabilities(self, matrix: np.ndarray) -> np.ndarray:
-        """The forest's ``predict_proba(matrix)[:, 1]``, computed as scikit-learn does.
-
-        * ``_tree.pyx`` compares the feature cast to float32 (``validate_data(dtype=float32)``)
-          with the float64 threshold (C promotes the float to double): so cast to float32,
-          then compare as float64. A float64 comparison would send values that float32
-          rounds across a threshold the other way.
-        * ``ForestClassifier.predict_proba`` adds the trees' leaf distributions into zeros
-          one tree after another, then divides by the number of trees. ``np.sum`` would add
-          pairwise and could differ in the last bit, so the sum is a cumulative one, in tree order.
-        """
-        values = np.asarray(matrix, dtype=np.float32).astype(np.float64)
-        n_rows = values.shape[0]
-        flat = values.ravel()
-        row_start = (np.arange(n_rows, dtype=np.intp) * self.n_features)[np.newaxis, :]
-        nodes = np.repeat(self.roots[:, np.newaxis], n_rows, axis=1)  # (n_trees, n_rows)
-        for _ in range(self.depth):
-            go_right = flat[self.feature[nodes] + row_start] > self.threshold[nodes]
-            nodes = self.children[2 * nodes + go_right]
-        return np.cumsum(self.fraud_fraction[nodes], axis=0)[-1] / len(self.roots)
-
-
-def flatten_forest(forest: RandomForestClassifier | ExtraTreesClassifier) -> FlatForest:
-    """Concatenate a fitted binary forest's trees (children, feature, threshold, value) into one FlatForest."""
-    if forest.n_outputs_ != 1 or list(forest.classes_) != [0, 1]:
-        raise UnsupportedPipeline(f"{type(forest).__name__} with {forest.n_outputs_} outputs and classes "
-                                  f"{forest.classes_}, expected one output with classes [0, 1]")
-    trees = [estimator.tree_ for estimator in forest.estimators_]
-    for index, tree in enumerate(trees):
-        leaves = tree.children_left == -1
-        distribution = tree.value[leaves, 0, :]
-        # scikit-learn >= 1.4 stores each node's class fractions; older versions stored weighted counts
-        # and normalised in predict_proba, which this kernel does not do.
-        if not np.allclose(distribution.sum(axis=1), 1.0, rtol=0, atol=1e-9):
-            raise UnsupportedPipeline(f"tree {index} of the {type(forest).__name__} stores class counts, "
-                                      "not fractions, in tree_.value")
-    sizes = np.array([tree.node_count for tree in trees], dtype=np.intp)
-    roots = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
-    tree_start = np.repeat(roots, sizes)
-    left = np.concatenate([tree.children_left for tree in trees]).astype(np.intp)
-    right = np.concatenate([tree.children_right for tree in trees]).astype(np.intp)
-    leaf = left == -1
-    own = np.arange(len(left), dtype=np.intp)
-    children = np.empty(2 * len(left), dtype=np.intp)
-    children[0::2] = np.where(leaf, own, left + tree_start)
-    children[1::2] = np.where(leaf, own, right + tree_start)
-    feature = np.where(leaf, 0, np.concatenate([tree.feature for tree in trees])).astype(np.intp)
-    return FlatForest(
-        roots=roots,
-        children=children,
-        feature=feature,
-        threshold=np.concatenate([tree.threshold for tree in trees]).astype(np.float64),
-        fraud_fraction=np.concatenate([tree.value[:, 0, 1] for tree in trees]).astype(np.float64),
-        depth=max(tree.max_depth for tree in trees),
-        n_features=int(forest.n_features_in_),
-    )
-
-
-def threshold_rows(forest: FlatForest) -> np.ndarray:
-    """Classifier inputs that put each tree's root feature on its split threshold and on both float64 neighbours.
-
-    Every row reaches the root, so these rows test the comparison itself, which random
-    rows almost never do: a float64 (or all-float32) comparison sends some of them the
-    other way. Other features are 0.
-    """
-    roots = forest.roots[forest.children[2 * forest.roots] != forest.roots]  # trees that are not a single leaf
-    thresholds = forest.threshold[roots]
-    values = np.concatenate([np.nextafter(thresholds, -np.inf), thresholds, np.nextafter(thresholds, np.inf)])
-    rows = np.zeros((len(values), forest.n_features))
-    rows[np.arange(len(values)), np.tile(forest.feature[roots], 3)] = values
-    return rows
-
-
-def _flat_forest(step: RandomForestClassifier | ExtraTreesClassifier) -> Kernel:
-    """A forest's predict_proba[:, 1]: all trees walked at once for small batches, its own method for big ones.
-
-    Before it is used, the walk must equal the forest's own ``predict_proba`` on
-    :func:`threshold_rows` (the Scorer's probe rows then check the whole pipeline).
-    Rows that are not finite once cast to float32 (NaN, or beyond float32's range) go to
-    the forest's own method too, so they get exactly its missing-value routing or its error.
-    """
-    forest = flatten_forest(step)
+def _binary_forest(step: RandomForestClassifier | ExtraTreesClassifier) -> Kernel:
+    """A forest's predict_proba[:, 1] from its own fitted trees, without per-call overhead (see :mod:`.forest`)."""
     twin = _without_feature_names(step)
-    rows = threshold_rows(forest)
-    worst = float(np.max(np.abs(forest.probabilities(rows) - twin.predict_proba(rows)[:, 1]), initial=0.0))
-    if not worst <= PARITY_TOLERANCE:
-        raise UnsupportedPipeline(f"flattened {type(step).__name__} differs from its predict_proba by {worst:.3g} "
-                                  f"on rows at split thresholds")
-
-    def fraud_probability(matrix: np.ndarray) -> np.ndarray:
-        if len(matrix) > FOREST_BATCH_ROWS:
-            return twin.predict_proba(matrix)[:, 1]
-        with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, and goes to the forest
-            values = np.asarray(matrix, dtype=np.float32)
-        if not np.isfinite(values).all():
-            return twin.predict_proba(matrix)[:, 1]
-        return forest.probabilities(values)
-
-    return fraud_probability
+    return forest.forest_kernel(step, lambda matrix: twin.predict_proba(matrix)[:, 1])
 
 
 #: Steps whose operations are applied directly (exact types only: a subclass may behave differently).
@@ -237,8 +122,8 @@ KERNELS: dict[type, Callable[[Any], Kernel]] = {
     RobustScaler: _robust_scaler,
     StandardScaler: _standard_scaler,
     LogisticRegression: _binary_logistic,
-    RandomForestClassifier: _flat_forest,
-    ExtraTreesClassifier: _flat_forest,
+    RandomForestClassifier: _binary_forest,
+    ExtraTreesClassifier: _binary_forest,
 }
 
 
