@@ -113,3 +113,24 @@ def test_an_integer_too_large_for_a_float_is_out_of_range_not_a_crash():
     with pytest.raises(schema.SchemaError, match=r"column 'Time': 1 integer\(s\) too large for a float \(beyond "
                                                  r"\+/-3.4e\+38\), first at row 2: a 1329-bit integer"):
         schema.validate_dataset(parsed)
+
+
+def test_clean_numeric_frames_take_the_whole_matrix_check_with_the_same_result(monkeypatch):
+    """A clean all-numeric frame is checked in one block; the result equals the column-by-column one."""
+    data = frame(6).assign(Time=np.arange(6, dtype=np.int64), V2=pd.array([1, 2, 3, 4, 5, 6], dtype="Int64"))
+    block = schema.coerce_numeric(data, schema.FEATURES)
+    monkeypatch.setattr(schema, "_valid_numeric_block", lambda frame, columns: None)
+    by_column = schema.coerce_numeric(data, schema.FEATURES)
+    pd.testing.assert_frame_equal(block, by_column)
+    assert all(dtype == np.float64 for dtype in block.dtypes)
+
+
+@pytest.mark.parametrize("values", [
+    [1.0, 2.0, np.nan, 3.0, 4.0, 5.0],
+    [1.0, 2.0, -np.inf, 3.0, 4.0, 5.0],
+    [1.0, 2.0, 1e39, 3.0, 4.0, 5.0],
+    pd.array([1, 2, None, 3, 4, 5], dtype="Int64"),
+])
+def test_a_bad_value_in_a_numeric_frame_is_still_named(values):
+    with pytest.raises(schema.SchemaError, match=r"column 'V17': 1 .*first at row 2"):
+        schema.coerce_numeric(frame(6).assign(V17=values), schema.FEATURES, where="batch")

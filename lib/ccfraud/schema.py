@@ -51,6 +51,22 @@ def _too_large_for_float(value: object) -> bool:
     return False
 
 
+def _valid_numeric_block(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame | None:
+    """``frame[columns]`` as float64 when every column is already numeric and every value passes; else None.
+
+    The common case (a clean file) is then checked in a few whole-matrix operations
+    instead of column by column; anything else returns None and gets the
+    column-by-column checks, which find and name the first bad value.
+    """
+    dtypes = [frame[column].dtype for column in columns]
+    if not all(pd.api.types.is_numeric_dtype(d) and not pd.api.types.is_bool_dtype(d) for d in dtypes):
+        return None
+    array = frame[columns].to_numpy(dtype="float64", na_value=np.nan)
+    if not (np.isfinite(array).all() and (np.abs(array) <= MAX_ABS_VALUE).all()):
+        return None
+    return pd.DataFrame(array, columns=columns, index=frame.index)
+
+
 def check_columns(columns: list[str], *, require_target: bool = True, where: str = "data") -> None:
     """Raise SchemaError unless ``columns`` are exactly the expected ones (order free)."""
     expected = COLUMNS if require_target else FEATURES
@@ -79,6 +95,9 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
     a broken file, not 1.0. Row numbers in errors count data rows from 0 (the header is
     not a row).
     """
+    valid = _valid_numeric_block(frame, columns)
+    if valid is not None:
+        return valid
     out = {}
     for column in columns:
         raw = frame[column]

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from ccfraud import schema
 from ccfraud.serving.errors import ApiError
@@ -162,22 +164,32 @@ def check_row_count(rows: int, max_rows: int) -> None:
                        "(CCFRAUD_MAX_ROWS); split it into smaller requests")
 
 
+def _read_csv(body: bytes) -> pd.DataFrame:
+    """The CSV body as a DataFrame of inferred types (the schema checks them next), or a 400 saying why not.
+
+    Arrow's reader (in parallel blocks) parses a 10,000-row body in half the time of pandas' and refuses
+    rows whose field count differs from the header's (pandas would silently turn an
+    extra leading field into an index).
+    """
+    try:  # Arrow would read invalid UTF-8 as binary cells; say what is wrong instead
+        body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the body is not UTF-8 text ({error.reason} "
+                       f"at byte {error.start})") from None
+    try:
+        table = pa_csv.read_csv(io.BytesIO(body))
+    except pa.ArrowInvalid as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: {str(error).strip()}") from None
+    return table.to_pandas()
+
+
 def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
     """A creditcard.csv-shaped body (header required, ``Class`` optional) as an (n, features) float matrix."""
     if not body.strip():
         raise ApiError(HTTPStatus.BAD_REQUEST, "empty CSV body; expected a header line with the columns "
                        f"{list(_FEATURES)} and at least one data row")
-    try:
-        frame = pd.read_csv(io.BytesIO(body), encoding="utf-8", low_memory=False)
-    except UnicodeDecodeError as error:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the body is not UTF-8 text ({error.reason})") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as error:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: {str(error).strip()}") from None
+    frame = _read_csv(body)
     where = "CSV body"
-    if not isinstance(frame.index, pd.RangeIndex):
-        # pandas silently turns the first field into an index when rows are longer than the header.
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the data rows have more fields than the header's "
-                       f"{len(frame.columns)} columns")
     features = [c for c in frame.columns if c != schema.TARGET]
     try:
         schema.check_columns(features, require_target=False, where=where)
