@@ -329,6 +329,23 @@ def test_json_fast_path_accepts_exactly_what_the_schema_accepts(name):
     assert json_row == schema_row
 
 
+@pytest.mark.parametrize("variant", ["floats", "integer Time, Class last", "columns reordered"])
+def test_clean_csv_fast_path_equals_the_schema_path(rows, monkeypatch, variant):
+    """A clean all-numeric CSV skips the DataFrame; the matrix is the one schema.validate_features gives."""
+    frame = rows.assign(Time=rows["Time"].round().astype("int64")) if variant.startswith("integer") else rows
+    if variant == "columns reordered":
+        frame = frame[list(reversed(schema.COLUMNS))]
+    body = frame.to_csv(index=False).encode()
+    calls = []
+    real_validate = schema.validate_features
+    monkeypatch.setattr(schema, "validate_features", lambda *a, **k: calls.append(1) or real_validate(*a, **k))
+    fast = payload.parse_csv(body, 1000)
+    assert calls == []
+    monkeypatch.setattr(payload, "_numeric_matrix", lambda table: None)
+    np.testing.assert_array_equal(fast, payload.parse_csv(body, 1000))
+    assert calls == [1]
+
+
 def test_json_alone_refuses_numeric_strings():
     """The one rule JSON adds: a string is not a number in a JSON document, though a CSV cell may be text."""
     obj = {**valid_object(), "V7": "1.5"}
@@ -342,6 +359,24 @@ def test_size_limit_message_names_the_limit(client):
     response = client.post("/predict", data="x" * 200_001, content_type="text/csv")
     assert response.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     assert "200000" in response.get_json()["error"]["message"]
+
+
+def test_body_shorter_than_its_content_length_is_a_400_saying_so(client):
+    """A client that goes away mid-body: the bytes that came are not scored as if they were the request."""
+    body = json.dumps(valid_object()).encode()
+    response = client.post("/predict", data=body, content_type="application/json",
+                           environ_overrides={"CONTENT_LENGTH": str(len(body) + 100)})
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert f"ended after {len(body)} of the {len(body) + 100} bytes" in response.get_json()["error"]["message"]
+
+
+def test_chunked_body_without_content_length_is_read_and_limited(client):
+    body = json.dumps(valid_object()).encode()
+    chunked = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True}
+    response = client.post("/predict", data=body, content_type="application/json", environ_overrides=chunked)
+    assert response.status_code == HTTPStatus.OK, response.get_data(as_text=True)
+    too_big = client.post("/predict", data=b" " * 200_001, content_type="text/csv", environ_overrides=chunked)
+    assert too_big.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_big.get_data(as_text=True)
 
 
 def test_row_limit_message_names_the_limit(client):

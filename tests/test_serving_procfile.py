@@ -128,6 +128,46 @@ def test_procfile_server_loads_once_scores_and_stops(model_dir, tmp_path):
     assert log.count("Booting worker") >= 2, log
 
 
+def post_chunked(port: int, body: bytes, content_type: str, chunk: int = 65536):
+    """POST with Transfer-Encoding: chunked (no Content-Length), as streaming clients send."""
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+    try:
+        pieces = (body[i : i + chunk] for i in range(0, len(body), chunk))
+        connection.request("POST", "/predict", pieces, {"Content-Type": content_type}, encode_chunked=True)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def forest_dir(tmp_path_factory) -> Path:
+    data = synthetic.generate(rows=5000, frauds=100, seed=0)
+    model = modeling.make_pipeline("random_forest", "undersample", sampling_ratio=0.1, n_estimators=40)
+    model.fit(data[schema.FEATURES], data[schema.TARGET])
+    out = tmp_path_factory.mktemp("procfile-forest")
+    artifacts.save_model(model, out, threshold=0.5)
+    return out
+
+
+def test_procfile_workers_score_forest_batches_in_threads_after_fork(forest_dir, tmp_path):
+    """Big batches run in threads (tree chunks, Arrow's CSV reader) inside the forked workers; chunked bodies too."""
+    loaded = artifacts.load_model(forest_dir)
+    data = synthetic.generate(rows=2000, frauds=40, seed=11)
+    expected = modeling.fraud_probability(loaded.model, data)
+    csv_body = data.to_csv(index=False).encode()
+    with procfile_server(forest_dir, tmp_path) as (port, log_path):
+        for _ in range(3):  # both workers, most likely
+            status, body = get(port, "/predict", csv_body, "text/csv")
+            assert status == 200, body
+            np.testing.assert_allclose([p["fraud_probability"] for p in body["predictions"]], expected,
+                                       rtol=0, atol=1e-12)
+        status, body = post_chunked(port, csv_body, "text/csv")
+        assert status == 200, body
+        np.testing.assert_allclose([p["fraud_probability"] for p in body["predictions"]], expected, rtol=0, atol=1e-12)
+    assert "scoring path: numpy (classifier: binary_forest)" in log_path.read_text()
+
+
 def test_procfile_server_without_a_model_is_alive_but_not_ready(tmp_path):
     missing = tmp_path / "no-model"
     with procfile_server(missing, tmp_path) as (port, log_path):

@@ -19,6 +19,7 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ccfraud import artifacts
 from ccfraud.serving import config as serving_config
@@ -95,6 +96,49 @@ def _predictions(loaded: artifacts.LoadedModel, probabilities: Any) -> dict[str,
     }
 
 
+def _request_body() -> bytes:
+    """The request body, read from the server's input stream in as few calls as it allows.
+
+    werkzeug's ``request.get_data()`` copies the body twice more through its own
+    buffers (for a 6 MB batch under gunicorn, 10-16 ms instead of 5-8 ms reading the
+    server's stream directly), and it cuts a chunked body that is over the size limit
+    short without an error. So the body is read here, with the same rules for both
+    framings: over the limit is a 413, and a body shorter than its Content-Length (the
+    client went away) is a 400, never a shorter request scored.
+    """
+    limit = request.max_content_length
+    length = request.content_length
+    if length is not None and limit is not None and length > limit:
+        raise RequestEntityTooLarge()
+    source = request.environ["wsgi.input"]
+    if length is None:  # chunked: the server ends the stream after the last chunk
+        if not request.environ.get("wsgi.input_terminated"):
+            return b""  # no length and no end marker: WSGI offers no safe way to read a body
+        return _read_to_end(source, limit)
+    parts: list[bytes] = []
+    remaining = length
+    while remaining > 0:
+        part = source.read(remaining)
+        if not part:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"the request body ended after {length - remaining} of the "
+                           f"{length} bytes its Content-Length announced")
+        parts.append(part)
+        remaining -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _read_to_end(source: Any, limit: int | None) -> bytes:
+    """A body without Content-Length, read to its end; 413 as soon as it passes ``limit``."""
+    parts: list[bytes] = []
+    size = 0
+    while part := source.read(1 << 20 if limit is None else min(1 << 20, limit + 1 - size)):
+        parts.append(part)
+        size += len(part)
+        if limit is not None and size > limit:
+            raise RequestEntityTooLarge()
+    return b"".join(parts)
+
+
 def _freeze_heap() -> None:
     """Leave every object alive now (libraries, the model, the app) out of all future garbage collections.
 
@@ -150,9 +194,9 @@ def create_app(model_location: str | None = None, *, max_rows: int | None = None
         loaded, scorer = state.require()
         mimetype = request.mimetype
         if mimetype == JSON:
-            matrix = payload.parse_json(request.get_data(cache=False), settings.max_rows)
+            matrix = payload.parse_json(_request_body(), settings.max_rows)
         elif mimetype == CSV:
-            matrix = payload.parse_csv(request.get_data(cache=False), settings.max_rows)
+            matrix = payload.parse_csv(_request_body(), settings.max_rows)
         else:
             found = request.content_type or "no Content-Type header"
             raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,

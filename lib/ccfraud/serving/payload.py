@@ -16,7 +16,6 @@ schema's).
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -24,7 +23,6 @@ from http import HTTPStatus
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
@@ -117,7 +115,7 @@ def transaction_row(obj: Any, *, row: int | None = None) -> list[float]:
 
 
 def _decode_json(body: bytes) -> Any:
-    if not body.strip():
+    if not body or body.isspace():
         raise ApiError(HTTPStatus.BAD_REQUEST, "empty request body; expected a JSON transaction object "
                        f"or {{\"{INSTANCES}\": [...]}}")
     try:
@@ -164,8 +162,8 @@ def check_row_count(rows: int, max_rows: int) -> None:
                        "(CCFRAUD_MAX_ROWS); split it into smaller requests")
 
 
-def _read_csv(body: bytes) -> pd.DataFrame:
-    """The CSV body as a DataFrame of inferred types (the schema checks them next), or a 400 saying why not.
+def _read_csv(body: bytes) -> pa.Table:
+    """The CSV body as an Arrow table of inferred types (the schema checks them next), or a 400 saying why not.
 
     Arrow's reader (in parallel blocks) parses a 10,000-row body in half the time of pandas' and refuses
     rows whose field count differs from the header's (pandas would silently turn an
@@ -177,27 +175,45 @@ def _read_csv(body: bytes) -> pd.DataFrame:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the body is not UTF-8 text ({error.reason} "
                        f"at byte {error.start})") from None
     try:
-        table = pa_csv.read_csv(io.BytesIO(body))
+        table = pa_csv.read_csv(pa.BufferReader(body))  # reads the bytes in place
     except pa.ArrowInvalid as error:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: {str(error).strip()}") from None
-    return table.to_pandas()
+    return table
+
+
+def _numeric_matrix(table: pa.Table) -> np.ndarray | None:
+    """The feature columns as a float64 matrix if they are all numbers (not booleans) that pass the value rules.
+
+    The common case, a clean batch, then skips building a DataFrame; None sends the
+    table through ``schema.validate_features``, which names the first bad value.
+    """
+    columns = [table.column(name) for name in _FEATURES]
+    if not all((pa.types.is_integer(c.type) or pa.types.is_floating(c.type)) and c.null_count == 0 for c in columns):
+        return None
+    matrix = np.empty((table.num_rows, len(columns)))
+    for index, column in enumerate(columns):
+        matrix[:, index] = column.to_numpy()
+    return matrix if schema.values_in_range(matrix) else None
 
 
 def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
     """A creditcard.csv-shaped body (header required, ``Class`` optional) as an (n, features) float matrix."""
-    if not body.strip():
+    if not body or body.isspace():  # strip() would copy a 6 MB body to find out
         raise ApiError(HTTPStatus.BAD_REQUEST, "empty CSV body; expected a header line with the columns "
                        f"{list(_FEATURES)} and at least one data row")
-    frame = _read_csv(body)
+    table = _read_csv(body)
     where = "CSV body"
-    features = [c for c in frame.columns if c != schema.TARGET]
+    features = [c for c in table.column_names if c != schema.TARGET]
     try:
         schema.check_columns(features, require_target=False, where=where)
     except schema.SchemaError as error:
         raise _from_schema_error(error) from None
-    check_row_count(len(frame), max_rows)
-    try:  # also refuses True/False columns, which pandas reads as booleans
-        clean = schema.validate_features(frame, where=where)
+    check_row_count(table.num_rows, max_rows)
+    matrix = _numeric_matrix(table)
+    if matrix is not None:
+        return matrix
+    try:  # also refuses True/False columns, which Arrow reads as booleans
+        clean = schema.validate_features(table.to_pandas(), where=where)
     except schema.SchemaError as error:
         raise _from_schema_error(error) from None
     return clean.to_numpy(dtype=np.float64)
