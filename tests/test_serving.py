@@ -14,6 +14,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from ccfraud import artifacts, modeling, s3, schema, synthetic
+from ccfraud.serving import config as serving_config
 from ccfraud.serving import create_app, payload, scoring
 from ccfraud.serving import model_source as model_source_module
 from ccfraud.serving.errors import ApiError
@@ -504,6 +505,19 @@ def test_app_creation_freezes_the_heap_out_of_garbage_collection(model_dir):
     assert id(app) not in walked and id(state) not in walked and id(state.loaded.model) not in walked
     fresh = ["created after the app"]  # a list is always tracked
     assert id(fresh) in {id(obj) for obj in gc.get_objects()}
+
+
+def test_app_lets_arrow_parse_csv_on_every_cpu_whatever_omp_num_threads_says(model_dir):
+    """OMP_NUM_THREADS=1 (Procfile) would size Arrow's pool to one thread; the app sizes it to the CPUs."""
+    import pyarrow
+
+    before = pyarrow.cpu_count()
+    pyarrow.set_cpu_count(1)  # what OMP_NUM_THREADS=1 does to Arrow at import
+    try:
+        create_app(str(model_dir))
+        assert pyarrow.cpu_count() == serving_config.available_cpus()
+    finally:
+        pyarrow.set_cpu_count(before)
 
 
 # --- the scoring fast path ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import pyarrow
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -139,6 +140,17 @@ def _read_to_end(source: Any, limit: int | None) -> bytes:
     return b"".join(parts)
 
 
+def _size_arrow_threads() -> None:
+    """Let Arrow's CSV reader use every CPU, as the forest's batch scoring does.
+
+    Arrow sizes its thread pool from ``OMP_NUM_THREADS``, which the Procfile sets to 1 so
+    that an OpenMP model (hist_gb) does not wake a team of threads for every single-row
+    request, competing with the other worker: without this, a 10,000-row CSV batch was
+    parsed on one core (17 ms instead of 9 ms).
+    """
+    pyarrow.set_cpu_count(serving_config.available_cpus())
+
+
 def _freeze_heap() -> None:
     """Leave every object alive now (libraries, the model, the app) out of all future garbage collections.
 
@@ -203,5 +215,6 @@ def create_app(model_location: str | None = None, *, max_rows: int | None = None
                            f"unsupported content type: expected {JSON} or {CSV}, found {found}")
         return json_response(_predictions(loaded, scorer.probabilities(matrix)))
 
+    _size_arrow_threads()
     _freeze_heap()
     return app

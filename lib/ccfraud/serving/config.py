@@ -32,6 +32,14 @@ class ServingConfig:
     max_body_bytes: int
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count): the threads a big batch gets."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _positive_int(name: str, value: int | str) -> int:
     try:
         number = int(value)

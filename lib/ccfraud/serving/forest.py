@@ -22,7 +22,6 @@ rows that sit exactly on split thresholds before either is used.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+from ccfraud.serving import config as serving_config
 
 #: Up to this many rows :class:`NodeTable` scores a request; above, :class:`TreeChunks`. Measured on a
 #: 200-tree forest (2 CPUs): 16 rows 0.6 ms table vs 1.3 ms chunks, 64 rows 2.5 ms vs 2.1 ms.
@@ -182,14 +183,6 @@ class NodeTable:
         return np.cumsum(self.fraud_fraction.take(leaves), axis=1)[:, -1] / len(self.roots)
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 @dataclass(frozen=True)
 class TreeChunks:
     """The fitted trees' own compiled ``apply`` over all rows, in ``threads`` contiguous chunks of trees."""
@@ -202,7 +195,7 @@ class TreeChunks:
     def from_forest(cls, forest: RandomForestClassifier | ExtraTreesClassifier,
                     threads: int | None = None) -> TreeChunks:
         trees = _binary_trees(forest)
-        threads = max(1, min(threads or available_cpus(), len(trees)))
+        threads = max(1, min(threads or serving_config.available_cpus(), len(trees)))
         return cls(tuple(forest.estimators_), tuple(np.ascontiguousarray(t.value[:, 0, 1]) for t in trees), threads)
 
     def _chunk_sum(self, values: np.ndarray, first: int, stop: int) -> np.ndarray:
