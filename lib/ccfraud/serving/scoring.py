@@ -114,7 +114,7 @@ def _binary_logistic(step: LogisticRegression) -> Kernel:
 def _binary_forest(step: RandomForestClassifier | ExtraTreesClassifier) -> Kernel:
     """A forest's predict_proba[:, 1] from its own fitted trees, without per-call overhead (see :mod:`.forest`)."""
     twin = _without_feature_names(step)
-    return forest.forest_kernel(step, lambda matrix: twin.predict_proba(matrix)[:, 1])
+    return forest.forest_kernel(step, lambda matrix: twin.predict_proba(matrix)[:, 1], tolerance=PARITY_TOLERANCE)
 
 
 #: Steps whose operations are applied directly (exact types only: a subclass may behave differently).
