@@ -168,17 +168,23 @@ class Connection:
         return sock
 
     def response(self) -> tuple[int, bool] | None:
-        """(status, server closes) once ``pending`` holds a whole response (consumed); None until then."""
+        """(status, server closes) once ``pending`` holds a whole response (consumed); None until then.
+
+        Enough HTTP/1.1 for this server's answers: the body's end comes from Content-Length.
+        """
         end = self.pending.find(b"\r\n\r\n")
         if end < 0:
             return None
-        head = self.pending[:end].lower()
-        at = head.find(b"\r\ncontent-length:")
-        length = int(head[at + 17 : head.find(b"\r\n", at + 2) % (len(head) + 1)]) if at >= 0 else 0
-        if len(self.pending) < end + 4 + length:
+        status_line, *header_lines = self.pending[:end].decode("latin-1").split("\r\n")
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        body_end = end + 4 + int(headers.get("content-length", "0"))
+        if len(self.pending) < body_end:
             return None
-        self.pending = self.pending[end + 4 + length :]
-        return int(head[9:12]), b"\r\nconnection: close" in head
+        self.pending = self.pending[body_end:]
+        return int(status_line.split()[1]), headers.get("connection") == "close"
 
     def close(self) -> None:
         if self.sock is not None:

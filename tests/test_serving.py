@@ -262,6 +262,11 @@ BAD_REQUESTS = {
     "CSV inf": ("text/csv", bad_csv_frame("Amount", 4, "inf"), 400, "Amount", 4),
     "CSV beyond float32": ("text/csv", bad_csv_frame("V3", 2, "-1e39"), 400, "V3", 2),
     "CSV empty cell": ("text/csv", bad_csv_frame("V13", 1, ""), 400, "V13", 1),
+    "CSV timestamp": ("text/csv", bad_csv_frame("Time", 2, "2020-01-01 10:00:00"), 400, "Time", 2),
+    "CSV date": ("text/csv", bad_csv_frame("V5", 3, "2020-01-01"), 400, "V5", 3),
+    "CSV hexadecimal integer": ("text/csv", bad_csv_frame("Time", 1, "0x10"), 400, "Time", 1),
+    "CSV true among ones": ("text/csv", csv_text(pd.DataFrame([valid_object()] * 3).assign(V2=["1", "true", "1"])),
+                            400, "V2", 1),
     "CSV booleans": ("text/csv", csv_text(pd.DataFrame([{**valid_object(), "V14": True}] * 2)), 400, "V14", 0),
     "CSV booleans among empty cells": ("text/csv", csv_text(pd.DataFrame([valid_object()] * 3).assign(
         V14=[None, True, None])), 400, "V14", 1),
@@ -356,6 +361,14 @@ def test_json_alone_refuses_numeric_strings():
     assert schema.validate_features(frame)["V7"].tolist() == [1.5]
 
 
+def test_a_lone_surrogate_in_a_field_name_is_quoted_back_in_a_400(client):
+    """The error names the unexpected field, even one JSON spells with an unpaired \\ud800 escape."""
+    body = b'{"instances": [], "\\ud800": 1}'
+    response = client.post("/predict", data=body, content_type="application/json")
+    assert response.status_code == HTTPStatus.BAD_REQUEST, response.get_data(as_text=True)
+    assert response.get_json()["error"]["field"] == "\ud800"
+
+
 def test_size_limit_message_names_the_limit(client):
     response = client.post("/predict", data="x" * 200_001, content_type="text/csv")
     assert response.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE
@@ -378,6 +391,14 @@ def test_chunked_body_without_content_length_is_read_and_limited(client):
     assert response.status_code == HTTPStatus.OK, response.get_data(as_text=True)
     too_big = client.post("/predict", data=b" " * 200_001, content_type="text/csv", environ_overrides=chunked)
     assert too_big.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE, too_big.get_data(as_text=True)
+
+
+def test_chunked_body_on_a_server_that_cannot_end_it_is_a_411(client):
+    body = json.dumps(valid_object()).encode()
+    chunked = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": False}
+    response = client.post("/predict", data=body, content_type="application/json", environ_overrides=chunked)
+    assert response.status_code == HTTPStatus.LENGTH_REQUIRED
+    assert "Content-Length" in response.get_json()["error"]["message"]
 
 
 def test_row_limit_message_names_the_limit(client):
@@ -507,15 +528,16 @@ def test_app_creation_freezes_the_heap_out_of_garbage_collection(model_dir):
     assert id(fresh) in {id(obj) for obj in gc.get_objects()}
 
 
-def test_app_lets_arrow_parse_csv_on_every_cpu_whatever_omp_num_threads_says(model_dir):
+def test_app_lets_arrow_parse_csv_on_every_cpu_whatever_omp_num_threads_says(model_dir, monkeypatch):
     """OMP_NUM_THREADS=1 (Procfile) would size Arrow's pool to one thread; the app sizes it to the CPUs."""
     import pyarrow
 
     before = pyarrow.cpu_count()
     pyarrow.set_cpu_count(1)  # what OMP_NUM_THREADS=1 does to Arrow at import
+    monkeypatch.setattr(serving_config, "available_cpus", lambda: 7)
     try:
         create_app(str(model_dir))
-        assert pyarrow.cpu_count() == serving_config.available_cpus()
+        assert pyarrow.cpu_count() == 7
     finally:
         pyarrow.set_cpu_count(before)
 

@@ -157,7 +157,7 @@ def test_procfile_workers_score_forest_batches_in_threads_after_fork(forest_dir,
     expected = modeling.fraud_probability(loaded.model, data)
     csv_body = data.to_csv(index=False).encode()
     with procfile_server(forest_dir, tmp_path) as (port, log_path):
-        for _ in range(3):  # both workers, most likely
+        for _ in range(3):  # each request on a new connection, to whichever worker accepts it
             status, body = get(port, "/predict", csv_body, "text/csv")
             assert status == 200, body
             np.testing.assert_allclose([p["fraud_probability"] for p in body["predictions"]], expected,

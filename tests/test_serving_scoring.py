@@ -137,15 +137,28 @@ def test_node_table_scores_concurrent_requests_in_threads_independently(forest_m
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_tree_chunks_equal_predict_proba_with_any_thread_count(forest_model, unseen, threads):
+def test_tree_chunks_equal_predict_proba_to_the_bit_with_any_thread_count(forest_model, unseen, threads):
+    """Fractions are added tree after tree, as predict_proba adds them, whatever thread scored which tree."""
     model = forest_model.estimator_.named_steps["model"]
     values = classifier_input(forest_model, unseen.iloc[:500])
-    reference = own_predict_proba(model, values)
     found = forest.TreeChunks.from_forest(model, threads).probabilities(values)
-    if threads == 1:  # one chunk adds the trees in predict_proba's own order: the same bits
-        np.testing.assert_array_equal(found, reference)
-    else:
-        np.testing.assert_allclose(found, reference, rtol=0, atol=ATOL)
+    np.testing.assert_array_equal(found, own_predict_proba(model, values))
+
+
+def test_tree_chunks_score_big_inputs_in_blocks_with_the_same_result(forest_model, unseen, monkeypatch):
+    model = forest_model.estimator_.named_steps["model"]
+    values = classifier_input(forest_model, unseen.iloc[:500])
+    whole = forest.TreeChunks.from_forest(model, 2).probabilities(values)
+    monkeypatch.setattr(forest, "SCRATCH_ENTRIES", 37 * len(model.estimators_))  # blocks of 37 rows
+    np.testing.assert_array_equal(forest.TreeChunks.from_forest(model, 2).probabilities(values), whole)
+
+
+def test_a_row_scores_the_same_bits_alone_and_in_a_big_batch(forest_model, scorer, unseen):
+    """The node table (one row) and the tree chunks (a batch) agree exactly, not just to a tolerance."""
+    matrix = unseen[schema.FEATURES].to_numpy()[:100]
+    batch = scorer.probabilities(matrix)
+    alone = np.concatenate([scorer.probabilities(matrix[i : i + 1]) for i in range(len(matrix))])
+    np.testing.assert_array_equal(alone, batch)
 
 
 def test_tree_chunks_run_in_parallel_threads(forest_model, unseen, monkeypatch):
@@ -153,15 +166,41 @@ def test_tree_chunks_run_in_parallel_threads(forest_model, unseen, monkeypatch):
     model = forest_model.estimator_.named_steps["model"]
     chunks = forest.TreeChunks.from_forest(model, threads=2)
     seen: set[str] = set()
-    real = forest.TreeChunks._chunk_sum
+    real = forest.TreeChunks._fill
 
-    def recording(self, values, first, stop):
+    def recording(self, values, per_tree, first, stop):
         seen.add(threading.current_thread().name)
-        return real(self, values, first, stop)
+        return real(self, values, per_tree, first, stop)
 
-    monkeypatch.setattr(forest.TreeChunks, "_chunk_sum", recording)
+    monkeypatch.setattr(forest.TreeChunks, "_fill", recording)
     chunks.probabilities(classifier_input(forest_model, unseen.iloc[:100]))
     assert len(seen) == 2 and threading.current_thread().name not in seen
+
+
+def test_a_big_forest_gets_fewer_rows_per_node_table_pass(forest_model, unseen, monkeypatch):
+    """The scratch table stays within SCRATCH_ENTRIES; results do not change."""
+    model = forest_model.estimator_.named_steps["model"]
+    values = classifier_input(forest_model, unseen.iloc[:20])
+    table = forest.NodeTable.from_forest(model)
+    expected_values = table.probabilities(values)
+    monkeypatch.setattr(forest, "SCRATCH_ENTRIES", 3 * len(table.fraud_fraction))
+    small = forest.NodeTable.from_forest(model)
+    assert small.rows_per_pass == 3
+    np.testing.assert_array_equal(small.probabilities(values), expected_values)
+    assert small._following().size <= forest.SCRATCH_ENTRIES
+
+
+def test_forest_of_single_leaf_trees_is_scored_exactly(training, unseen):
+    """Trees that never split (min_samples_split above the rows): probes still exist, and the table is exact."""
+    model = modeling.make_pipeline("random_forest", "none", n_estimators=5)
+    model.set_params(estimator__model__min_samples_split=100_000)
+    model.fit(training[schema.FEATURES], training[schema.TARGET])
+    assert all(tree.tree_.node_count == 1 for tree in model.estimator_.named_steps["model"].estimators_)
+    scorer = scoring.Scorer(model)
+    assert scorer.path == scoring.FAST, scorer.fallback_reason
+    matrix = unseen[schema.FEATURES].to_numpy()[:50]
+    np.testing.assert_array_equal(scorer.probabilities(matrix), expected(model, matrix))
+    np.testing.assert_array_equal(scorer.probabilities(matrix[:1]), expected(model, matrix[:1]))
 
 
 def test_few_rows_use_the_table_many_the_chunks_never_predict_proba(scorer, unseen, monkeypatch):
@@ -243,6 +282,7 @@ def test_load_time_threshold_rows_tell_the_comparison_precisions_apart(forest_mo
     table = forest.NodeTable.from_forest(model)
     rows = forest.threshold_rows(model)
     assert len(rows) == 3 * len(model.estimators_)
+    assert np.array_equal(rows.astype(np.float32).astype(np.float64), rows)  # float32 values: no cast moves them
     reference = model.predict_proba(pd.DataFrame(rows, columns=model.feature_names_in_))[:, 1]
     as_float32 = rows.astype(np.float32)
     np.testing.assert_allclose(table.probabilities(as_float32), reference, rtol=0, atol=ATOL)

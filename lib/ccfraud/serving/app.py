@@ -112,10 +112,13 @@ def _request_body() -> bytes:
     if length is not None and limit is not None and length > limit:
         raise RequestEntityTooLarge()
     source = request.environ["wsgi.input"]
-    if length is None:  # chunked: the server ends the stream after the last chunk
-        if not request.environ.get("wsgi.input_terminated"):
-            return b""  # no length and no end marker: WSGI offers no safe way to read a body
-        return _read_to_end(source, limit)
+    if length is None:
+        if "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+            return b""  # no body announced
+        if not request.environ.get("wsgi.input_terminated"):  # gunicorn sets it; a server that does not cannot
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "this server cannot read a chunked request body; "
+                           "send a Content-Length header")
+        return _read_to_end(source, limit)  # the server ends the stream after the last chunk
     parts: list[bytes] = []
     remaining = length
     while remaining > 0:

@@ -7,6 +7,7 @@ expected, what was found and where, and ``field``/``row`` say where when known.
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -43,8 +44,15 @@ def json_response(payload: Any, status: int = HTTPStatus.OK, headers: dict[str, 
     """A compact JSON response, encoded by orjson: a 10,000-prediction batch in 2 ms instead of 11 ms.
 
     Flask's own provider (the json module, keys sorted) is bypassed for the same reason.
+    orjson refuses what is not valid UTF-8, such as a lone surrogate from a ``\\ud800``
+    escape in a client's field name that an error message quotes back; the json module
+    escapes it, so such a payload is encoded by the json module instead of becoming a 500.
     """
-    return Response(orjson.dumps(payload), status=int(status), mimetype=JSON_MIMETYPE, headers=headers)
+    try:
+        body = orjson.dumps(payload)
+    except TypeError:
+        body = json.dumps(payload, separators=(",", ":")).encode("ascii")
+    return Response(body, status=int(status), mimetype=JSON_MIMETYPE, headers=headers)
 
 
 def _from_http_exception(exc: HTTPException) -> Response:

@@ -1,7 +1,7 @@
 """Score a fitted binary random forest with its own trees, minus the overhead of its ``predict_proba``.
 
 ``RandomForestClassifier.predict_proba`` checks its input and dispatches one joblib task
-per tree on every call: about 20 ms for one row of a 200-tree forest, whose arithmetic
+per tree on every call: about 10 ms for one row of a 200-tree forest, whose arithmetic
 takes microseconds, and one core for a 10,000-row batch. This module scores the *same
 fitted trees* in two ways, each where it is fastest:
 
@@ -10,14 +10,14 @@ fitted trees* in two ways, each where it is fastest:
   internal nodes), then each tree's decided branches are followed from its root, one
   gather per level. About 60 us for one row of a 200-tree forest.
 * :class:`TreeChunks`, for many rows: scikit-learn's own compiled walk (each tree's
-  ``apply``, which releases the GIL), the trees split into contiguous chunks that run in
-  parallel threads, one per available CPU.
+  ``apply``, which runs without the GIL), the trees split into contiguous chunks that run
+  in parallel threads, one per available CPU.
 
-Both give the forest's ``predict_proba(X)[:, 1]``: the same comparisons (the feature cast
-to float32 against the float64 threshold) and the trees' leaf fractions added in tree
-order (:class:`TreeChunks` adds each chunk's partial sum, which may differ from one long
-sum in the last bits). :func:`forest_kernel` checks both against the forest's own method on
-rows that sit exactly on split thresholds before either is used.
+Both give the forest's ``predict_proba(X)[:, 1]`` to the bit: the same comparisons (the
+feature cast to float32 against the float64 threshold) and the trees' leaf fractions
+added one tree after another, so a row scores the same alone or in a batch.
+:func:`forest_kernel` checks both against the forest's own method on rows that sit on
+split thresholds before either is used.
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ from ccfraud.serving import config as serving_config
 #: Up to this many rows :class:`NodeTable` scores a request; above, :class:`TreeChunks`. Measured on a
 #: 200-tree forest (2 CPUs): 16 rows 0.6 ms table vs 3.2 ms chunks, 32 rows 1.7 vs 2.7 ms, 64 rows 3.8 vs 3.3 ms.
 NODE_TABLE_ROWS = 32
-#: Rows per :class:`NodeTable` pass: its temporaries grow with rows x nodes, so big inputs go in slices.
+#: Rows per :class:`NodeTable` pass at most: its scratch table and temporaries grow with rows x nodes.
 NODE_TABLE_SLICE = 32
+#: Entries (8 bytes each) a kernel's per-call arrays may hold: a :class:`NodeTable` pass of a big forest gets
+#: fewer rows, :class:`TreeChunks` scores big batches in blocks of rows. 4 Mi entries = 32 MiB.
+SCRATCH_ENTRIES = 1 << 22
 
 Kernel = Callable[[np.ndarray], np.ndarray]
 
@@ -53,7 +56,6 @@ def float32_floor(thresholds: np.ndarray) -> np.ndarray:
     scikit-learn sends a row left when ``float32(x) <= threshold`` (float64). For a
     float32 ``x`` that is the same test as ``x <= float32_floor(threshold)``: no float32
     lies strictly between the two. So the whole comparison can be made in float32.
-    (Thresholds are midpoints between training values, so they fit in float32 anyway.)
     """
     with np.errstate(over="ignore"):  # beyond float32's range: +/-inf, stepped down to the largest float32 below
         floor = thresholds.astype(np.float32)
@@ -126,21 +128,27 @@ class NodeTable:
             n_features=int(forest.n_features_in_),
         )
 
+    @cached_property
+    def rows_per_pass(self) -> int:
+        """NODE_TABLE_SLICE, or fewer for a forest so big that the scratch table would pass SCRATCH_ENTRIES."""
+        return max(1, min(NODE_TABLE_SLICE, SCRATCH_ENTRIES // len(self.fraud_fraction)))
+
     def probabilities(self, values: np.ndarray) -> np.ndarray:
-        """``predict_proba(values)[:, 1]`` for a float32 matrix of finite values, in slices of NODE_TABLE_SLICE rows."""
-        if len(values) <= NODE_TABLE_SLICE:
+        """``predict_proba(values)[:, 1]`` for a float32 matrix of finite values, ``rows_per_pass`` rows at a time."""
+        step = self.rows_per_pass
+        if len(values) <= step:
             return self._probabilities(values)
-        return np.concatenate([self._probabilities(values[start : start + NODE_TABLE_SLICE])
-                               for start in range(0, len(values), NODE_TABLE_SLICE)])
+        return np.concatenate([self._probabilities(values[start : start + step])
+                               for start in range(0, len(values), step)])
 
     @cached_property
     def _row_offsets(self) -> np.ndarray:
-        """(NODE_TABLE_SLICE, 1): where row r's copy of the table starts in the flat per-row tables."""
-        return (np.arange(NODE_TABLE_SLICE, dtype=np.intp) * len(self.fraud_fraction))[:, np.newaxis]
+        """(rows_per_pass, 1): where row r's copy of the table starts in the flat per-row tables."""
+        return (np.arange(self.rows_per_pass, dtype=np.intp) * len(self.fraud_fraction))[:, np.newaxis]
 
     @cached_property
     def _left_per_row(self) -> np.ndarray:
-        """(NODE_TABLE_SLICE, n_internal): each internal node's left child in row r's copy of the table."""
+        """(rows_per_pass, n_internal): each internal node's left child in row r's copy of the table."""
         return self.left + self._row_offsets
 
     @cached_property
@@ -152,15 +160,15 @@ class NodeTable:
         return self.roots + self._row_offsets
 
     def _following(self) -> np.ndarray:
-        """This thread's (NODE_TABLE_SLICE, n_nodes) next-node table; the leaves' part (themselves) is filled once.
+        """This thread's (rows_per_pass, n_nodes) next-node table; the leaves' part (themselves) is filled once.
 
-        Reused from call to call: allocating (and page-faulting) a fresh 9 MB table for
-        every request cost more than the walk itself.
+        Reused from call to call: allocating (and page-faulting) a fresh table (9 MB for
+        the default model) for every request cost more than the walk itself.
         """
         following = getattr(self._scratch, "following", None)
         if following is None:
             n_internal, n_nodes = len(self.feature), len(self.fraud_fraction)
-            following = np.empty((NODE_TABLE_SLICE, n_nodes), dtype=np.intp)
+            following = np.empty((self.rows_per_pass, n_nodes), dtype=np.intp)
             following[:, n_internal:] = np.arange(n_internal, n_nodes) + self._row_offsets
             self._scratch.following = following
         return following
@@ -185,7 +193,13 @@ class NodeTable:
 
 @dataclass(frozen=True)
 class TreeChunks:
-    """The fitted trees' own compiled ``apply`` over all rows, in ``threads`` contiguous chunks of trees."""
+    """The fitted trees' own compiled ``apply`` over all rows, in ``threads`` contiguous chunks of trees.
+
+    Each thread writes its trees' leaf fractions into their rows of one (trees, rows)
+    array; the fractions are then added tree after tree, as ``predict_proba`` adds them,
+    so the result has the same bits whatever the number of threads (and equals the
+    :class:`NodeTable`'s). Rows go in blocks that keep that array within SCRATCH_ENTRIES.
+    """
 
     estimators: tuple[Any, ...]  #: the forest's fitted trees, in order
     fraud_fractions: tuple[np.ndarray, ...]  #: per tree, ``tree_.value[:, 0, 1]`` (float64, contiguous)
@@ -198,41 +212,54 @@ class TreeChunks:
         threads = max(1, min(threads or serving_config.available_cpus(), len(trees)))
         return cls(tuple(forest.estimators_), tuple(np.ascontiguousarray(t.value[:, 0, 1]) for t in trees), threads)
 
-    def _chunk_sum(self, values: np.ndarray, first: int, stop: int) -> np.ndarray:
-        total = np.zeros(len(values))
-        for estimator, fraction in zip(self.estimators[first:stop], self.fraud_fractions[first:stop], strict=True):
-            total += fraction.take(estimator.tree_.apply(values))
-        return total
+    def _fill(self, values: np.ndarray, per_tree: np.ndarray, first: int, stop: int) -> None:
+        """Leaf fractions of trees ``first..stop-1`` for every row; ``tree_.apply`` runs without the GIL."""
+        for index in range(first, stop):
+            leaves = self.estimators[index].tree_.apply(values)
+            np.take(self.fraud_fractions[index], leaves, out=per_tree[index])
+
+    def _block(self, values: np.ndarray) -> np.ndarray:
+        n_trees = len(self.estimators)
+        per_tree = np.empty((n_trees, len(values)))
+        if self.threads == 1:
+            self._fill(values, per_tree, 0, n_trees)
+        else:
+            bounds = np.linspace(0, n_trees, self.threads + 1).astype(int).tolist()
+            # A pool per call: it costs well under a millisecond here, and a pool made before gunicorn forks
+            # its workers would have no threads in them.
+            with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="forest") as pool:
+                list(pool.map(lambda first, stop: self._fill(values, per_tree, first, stop), bounds[:-1], bounds[1:]))
+        total = per_tree[0].copy()
+        for fractions in per_tree[1:]:
+            total += fractions
+        return total / n_trees
 
     def probabilities(self, values: np.ndarray) -> np.ndarray:
         """``predict_proba(values)[:, 1]`` for a C-contiguous float32 matrix of finite values."""
-        n_trees = len(self.estimators)
-        bounds = np.linspace(0, n_trees, self.threads + 1).astype(int)
-        chunks = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-        if self.threads == 1:
-            return self._chunk_sum(values, 0, n_trees) / n_trees
-        # A pool per call: it costs well under a millisecond here, and a pool made before gunicorn forks its
-        # workers would have no threads in them.
-        with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="forest") as pool:
-            partial = list(pool.map(lambda chunk: self._chunk_sum(values, *chunk), chunks))
-        total = partial[0]
-        for part in partial[1:]:
-            total += part
-        return total / n_trees
+        rows = max(1, SCRATCH_ENTRIES // len(self.estimators))
+        if len(values) <= rows:
+            return self._block(values)
+        return np.concatenate([self._block(values[start : start + rows]) for start in range(0, len(values), rows)])
 
 
 def threshold_rows(forest: RandomForestClassifier | ExtraTreesClassifier) -> np.ndarray:
-    """Inputs that put each tree's root feature on its split threshold and on both float64 neighbours.
+    """Inputs that put each tree's root feature on the float32 value nearest its threshold and on both neighbours.
 
-    Every row reaches the root, so these rows test the comparison itself, which random
-    rows almost never do: a float64 (or all-float32) comparison sends some of them the
-    other way. Other features are 0. The thresholds are read from the fitted trees, not
-    from a kernel's own copy of them.
+    scikit-learn compares the feature cast to float32 with the float64 threshold, so the
+    float32 values next to a threshold decide the branch; whichever way float32 rounds the
+    threshold, these three include the largest float32 that goes left and the smallest
+    that goes right. Every row reaches the root, so they test the comparison itself, which
+    random rows almost never do. Other features are 0. The thresholds are read from the
+    fitted trees, not from a kernel's own copy; a forest of single-leaf trees gets one row.
     """
     trees = [estimator.tree_ for estimator in forest.estimators_ if estimator.tree_.node_count > 1]
-    thresholds = np.array([tree.threshold[0] for tree in trees], dtype=np.float64)
+    if not trees:
+        return np.zeros((1, int(forest.n_features_in_)))
+    with np.errstate(over="ignore"):  # a threshold beyond float32's range: inf, whose neighbour is the largest
+        nearest = np.array([tree.threshold[0] for tree in trees]).astype(np.float32)
+    below, above = np.nextafter(nearest, np.float32(-np.inf)), np.nextafter(nearest, np.float32(np.inf))
+    values = np.concatenate([below, nearest, above]).astype(np.float64)
     features = np.array([tree.feature[0] for tree in trees], dtype=np.intp)
-    values = np.concatenate([np.nextafter(thresholds, -np.inf), thresholds, np.nextafter(thresholds, np.inf)])
     rows = np.zeros((len(values), int(forest.n_features_in_)))
     rows[np.arange(len(values)), np.tile(features, 3)] = values
     return rows

@@ -4,8 +4,10 @@ The rules are the feature spec's (:mod:`ccfraud.schema`): every feature present,
 unknown field (``Class`` is allowed and ignored, as in ``schema.validate_features``),
 every value a number (not a boolean), finite and within +/-``schema.MAX_ABS_VALUE``.
 JSON adds one rule of its own: values must be JSON numbers, because a numeric string
-in a JSON document is a client bug that silent coercion would hide. CSV bodies go
-through ``schema.validate_features`` itself.
+in a JSON document is a client bug that silent coercion would hide. A CSV body whose
+feature cells all read as numbers is checked against the value rules in one pass
+(``schema.values_in_range``); any other goes through ``schema.validate_features`` itself,
+which names the first bad cell.
 
 JSON transactions (one, or each of a batch) are checked value by value into plain
 lists instead of a DataFrame: building pandas objects costs more than scoring one
@@ -162,23 +164,35 @@ def check_row_count(rows: int, max_rows: int) -> None:
                        "(CCFRAUD_MAX_ROWS); split it into smaller requests")
 
 
-def _read_csv(body: bytes) -> pa.Table:
-    """The CSV body as an Arrow table of inferred types (the schema checks them next), or a 400 saying why not.
+#: Feature columns are read as float64: a cell Arrow cannot read as a number (a date, a timestamp, 0x10, True)
+#: then fails the fast read instead of being inferred as another type and converted to a number later.
+_AS_NUMBERS = pa_csv.ConvertOptions(column_types={name: pa.float64() for name in schema.FEATURES})
+#: The second read, after a cell failed the first: every column as text (empty cells as missing), so that
+#: schema.validate_features finds the bad cell and names its column and row.
+_AS_TEXT = pa_csv.ConvertOptions(column_types={name: pa.string() for name in schema.COLUMNS}, strings_can_be_null=True)
 
-    Arrow's reader (in parallel blocks) parses a 10,000-row body in half the time of pandas' and refuses
-    rows whose field count differs from the header's (pandas would silently turn an
-    extra leading field into an index).
+
+def _read_csv(body: bytes) -> pa.Table:
+    """The CSV body as an Arrow table (features as float64, or all text if a cell is not a number), or a 400.
+
+    Arrow's reader (in parallel blocks) parses a 10,000-row body in half the time of
+    pandas' and refuses rows whose field count differs from the header's (pandas would
+    silently turn an extra leading field into an index).
     """
-    try:  # Arrow would read invalid UTF-8 as binary cells; say what is wrong instead
-        body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the body is not UTF-8 text ({error.reason} "
-                       f"at byte {error.start})") from None
+    if not body.isascii():  # Arrow would read invalid UTF-8 as binary cells; say what is wrong instead
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the body is not UTF-8 text ({error.reason} "
+                           f"at byte {error.start})") from None
     try:
-        table = pa_csv.read_csv(pa.BufferReader(body))  # reads the bytes in place
+        return pa_csv.read_csv(pa.BufferReader(body), convert_options=_AS_NUMBERS)  # reads the bytes in place
+    except pa.ArrowInvalid:
+        pass  # a cell that is not a number, or a malformed file: the text read tells which
+    try:
+        return pa_csv.read_csv(pa.BufferReader(body), convert_options=_AS_TEXT)
     except pa.ArrowInvalid as error:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: {str(error).strip()}") from None
-    return table
 
 
 def _numeric_matrix(table: pa.Table) -> np.ndarray | None:
@@ -212,7 +226,7 @@ def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
     matrix = _numeric_matrix(table)
     if matrix is not None:
         return matrix
-    try:  # also refuses True/False columns, which Arrow reads as booleans
+    try:
         clean = schema.validate_features(table.to_pandas(), where=where)
     except schema.SchemaError as error:
         raise _from_schema_error(error) from None

@@ -70,7 +70,7 @@ def _without_feature_names(estimator: Any) -> Any:
     return twin
 
 
-Kernel = Callable[[np.ndarray], np.ndarray]
+Kernel = forest.Kernel
 
 
 def _shift_and_scale(shift: np.ndarray | None, scale: np.ndarray | None) -> Kernel:
@@ -197,7 +197,7 @@ class Plan(NamedTuple):
     """The NumPy replay of a fitted pipeline, and how it scores the classifier (for logs and tests)."""
 
     probabilities: Kernel
-    #: The KERNELS entry that scores the classifier (``binary_logistic``, ``flat_forest``), or ``predict_proba``.
+    #: The KERNELS entry that scores the classifier (``binary_logistic``, ``binary_forest``), or ``predict_proba``.
     classifier: str
 
 
