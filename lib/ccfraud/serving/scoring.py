@@ -16,7 +16,7 @@ few whose arithmetic is one line and whose input checks cost 50 times more than 
 (``RobustScaler``, ``StandardScaler``, binary ``LogisticRegression``): for those,
 :data:`KERNELS` applies the same operations to the fitted arrays, in the same order.
 Binary ``RandomForestClassifier``/``ExtraTreesClassifier`` get a kernel too: their
-``predict_proba`` dispatches one joblib task per tree (about 20 ms for one row of 200
+``predict_proba`` dispatches one joblib task per tree (about 10 ms for one row of 200
 trees), so :mod:`ccfraud.serving.forest` scores the same fitted trees with a node table
 for a few rows and parallel chunks of the trees' own compiled walk for many.
 Nothing is re-fitted: the arrays are the ones training produced.
