@@ -336,20 +336,19 @@ def test_json_fast_path_accepts_exactly_what_the_schema_accepts(name):
 
 
 @pytest.mark.parametrize("variant", ["floats", "integer Time, Class last", "columns reordered"])
-def test_clean_csv_fast_path_equals_the_schema_path(rows, monkeypatch, variant):
-    """A clean all-numeric CSV skips the DataFrame; the matrix is the one schema.validate_features gives."""
+def test_clean_csv_block_check_equals_the_column_by_column_path(rows, monkeypatch, variant):
+    """A clean CSV batch takes the schema's whole-matrix check; the matrix is the column-by-column one."""
     frame = rows.assign(Time=rows["Time"].round().astype("int64")) if variant.startswith("integer") else rows
     if variant == "columns reordered":
         frame = frame[list(reversed(schema.COLUMNS))]
     body = frame.to_csv(index=False).encode()
     calls = []
-    real_validate = schema.validate_features
-    monkeypatch.setattr(schema, "validate_features", lambda *a, **k: calls.append(1) or real_validate(*a, **k))
+    real_block = schema._valid_numeric_block
+    monkeypatch.setattr(schema, "_valid_numeric_block", lambda *a: calls.append(1) or real_block(*a))
     fast = payload.parse_csv(body, 1000)
-    assert calls == []
-    monkeypatch.setattr(payload, "_numeric_matrix", lambda table: None)
-    np.testing.assert_array_equal(fast, payload.parse_csv(body, 1000))
     assert calls == [1]
+    monkeypatch.setattr(schema, "_valid_numeric_block", lambda frame, columns: None)
+    np.testing.assert_array_equal(fast, payload.parse_csv(body, 1000))
 
 
 def test_json_alone_refuses_numeric_strings():

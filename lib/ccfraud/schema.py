@@ -62,17 +62,13 @@ def _valid_numeric_block(frame: pd.DataFrame, columns: list[str]) -> pd.DataFram
     if not all(pd.api.types.is_numeric_dtype(d) and not pd.api.types.is_bool_dtype(d) for d in dtypes):
         return None
     array = frame[columns].to_numpy(dtype="float64", na_value=np.nan)
-    if not values_in_range(array):
+    if not _values_in_range(array):
         return None
     return pd.DataFrame(array, columns=columns, index=frame.index)
 
 
-def values_in_range(values: np.ndarray) -> bool:
-    """Whether every value of a float array is finite and within +/-``MAX_ABS_VALUE`` (the value rules).
-
-    For input already known to be numbers and not booleans; ``coerce_numeric`` applies
-    all the rules and names the first value that breaks one.
-    """
+def _values_in_range(values: np.ndarray) -> bool:
+    """Whether every value of a float array is finite and within +/-``MAX_ABS_VALUE`` (the value rules)."""
     return bool(np.isfinite(values).all() and (np.abs(values) <= MAX_ABS_VALUE).all())
 
 

@@ -4,10 +4,8 @@ The rules are the feature spec's (:mod:`ccfraud.schema`): every feature present,
 unknown field (``Class`` is allowed and ignored, as in ``schema.validate_features``),
 every value a number (not a boolean), finite and within +/-``schema.MAX_ABS_VALUE``.
 JSON adds one rule of its own: values must be JSON numbers, because a numeric string
-in a JSON document is a client bug that silent coercion would hide. A CSV body whose
-feature cells all read as numbers is checked against the value rules in one pass
-(``schema.values_in_range``); any other goes through ``schema.validate_features`` itself,
-which names the first bad cell.
+in a JSON document is a client bug that silent coercion would hide. CSV bodies go
+through ``schema.validate_features`` itself.
 
 JSON transactions (one, or each of a batch) are checked value by value into plain
 lists instead of a DataFrame: building pandas objects costs more than scoring one
@@ -195,21 +193,6 @@ def _read_csv(body: bytes) -> pa.Table:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: {str(error).strip()}") from None
 
 
-def _numeric_matrix(table: pa.Table) -> np.ndarray | None:
-    """The feature columns as a float64 matrix if they are all numbers (not booleans) that pass the value rules.
-
-    The common case, a clean batch, then skips building a DataFrame; None sends the
-    table through ``schema.validate_features``, which names the first bad value.
-    """
-    columns = [table.column(name) for name in _FEATURES]
-    if not all((pa.types.is_integer(c.type) or pa.types.is_floating(c.type)) and c.null_count == 0 for c in columns):
-        return None
-    matrix = np.empty((table.num_rows, len(columns)))
-    for index, column in enumerate(columns):
-        matrix[:, index] = column.to_numpy()
-    return matrix if schema.values_in_range(matrix) else None
-
-
 def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
     """A creditcard.csv-shaped body (header required, ``Class`` optional) as an (n, features) float matrix."""
     if not body or body.isspace():  # strip() would copy a 6 MB body to find out
@@ -223,10 +206,7 @@ def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
     except schema.SchemaError as error:
         raise _from_schema_error(error) from None
     check_row_count(table.num_rows, max_rows)
-    matrix = _numeric_matrix(table)
-    if matrix is not None:
-        return matrix
-    try:
+    try:  # a clean batch is checked in one pass over the whole matrix (schema's block check)
         clean = schema.validate_features(table.to_pandas(), where=where)
     except schema.SchemaError as error:
         raise _from_schema_error(error) from None
