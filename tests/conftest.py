@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest_plugins = ["s3_fixtures"]
+pytest_plugins = ["s3_fixtures", "dask_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A small dataset that still has enough frauds in every split.

@@ -1,0 +1,96 @@
+"""Which engine runs a stage, and the one place a Dask client is made.
+
+``params.yaml``'s ``compute.engine`` is ``pandas`` (the default: one process, the whole
+dataset in memory) or ``dask`` (``dask.dataframe`` on a ``distributed`` cluster, for data
+that outgrows one machine). Where the cluster is never comes from params: it is Dask's own
+configuration (``DASK_SCHEDULER_ADDRESS``, or ``scheduler-address`` in a dask config file),
+as on any Dask deployment. With no address, a :class:`distributed.LocalCluster` sized to this
+machine is started for the duration of the block and stopped after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("pandas", "dask")
+#: Seconds to wait for a configured scheduler before giving up with an error naming it.
+CONNECT_TIMEOUT = 5.0
+#: Share of the machine's memory the local workers may use together (the rest is the client's).
+LOCAL_MEMORY_SHARE = 0.6
+
+
+class ComputeError(RuntimeError):
+    """The engine name is unknown or the cluster cannot be reached; the message says which and where."""
+
+
+def check_engine(engine: str) -> str:
+    """Return ``engine`` if it is one of :data:`ENGINES`, else raise naming the choices."""
+    if engine not in ENGINES:
+        raise ComputeError(f"compute.engine must be one of {', '.join(ENGINES)}; found {engine!r}")
+    return engine
+
+
+def scheduler_address() -> str | None:
+    """The scheduler Dask's configuration names (``DASK_SCHEDULER_ADDRESS`` or a config file), if any."""
+    import dask
+
+    address = dask.config.get("scheduler-address", None)
+    return str(address) if address else None
+
+
+def _machine_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def local_cluster_options(cpus: int | None = None, memory_bytes: int | None = None) -> dict[str, Any]:
+    """One single-threaded worker process per CPU, sharing :data:`LOCAL_MEMORY_SHARE` of the memory.
+
+    Single-threaded workers because the per-partition work (parsing, validation, scoring)
+    holds the GIL for much of its time; processes use every core.
+    """
+    workers = max(1, cpus or len(os.sched_getaffinity(0)))
+    memory = memory_bytes or _machine_memory_bytes()
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+            "memory_limit": int(memory * LOCAL_MEMORY_SHARE / workers)}
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
+    """A client of the scheduler at ``address``, or a :class:`ComputeError` naming it within ``timeout`` s."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ComputeError(
+            f"cannot reach the Dask scheduler at {address} (from DASK_SCHEDULER_ADDRESS or dask's "
+            f"'scheduler-address' setting) within {timeout:g} s: {exc}") from exc
+
+
+@contextmanager
+def dask_client(**local_options: Any) -> Iterator[Any]:
+    """A :class:`distributed.Client` for the block: the configured scheduler, else a LocalCluster.
+
+    ``local_options`` override :func:`local_cluster_options` for the local cluster only
+    (tests and benchmarks set ``n_workers`` or ``memory_limit``); a configured scheduler
+    is used as it is.
+    """
+    address = scheduler_address()
+    if address:
+        client = connect(address)
+        log.info("using the Dask scheduler at %s", address)
+        with client:
+            yield client
+        return
+    from distributed import Client, LocalCluster
+
+    options = {**local_cluster_options(), "dashboard_address": None, **local_options}
+    log.info("starting a local Dask cluster: %s workers × %s thread(s)", options["n_workers"],
+             options["threads_per_worker"])
+    with LocalCluster(**options) as cluster, Client(cluster) as client:
+        yield client

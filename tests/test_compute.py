@@ -1,0 +1,42 @@
+"""The engine switch and the one place a Dask client is made."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+
+from ccfraud import compute
+
+
+def test_engines_are_pandas_or_dask():
+    assert compute.check_engine("dask") == "dask"
+    with pytest.raises(compute.ComputeError, match="one of pandas, dask; found 'spark'"):
+        compute.check_engine("spark")
+
+
+def test_local_cluster_has_one_single_threaded_worker_per_cpu_within_the_memory_share():
+    options = compute.local_cluster_options(cpus=4, memory_bytes=8 * 2**30)
+    assert options["n_workers"] == 4 and options["threads_per_worker"] == 1 and options["processes"]
+    assert options["memory_limit"] * 4 <= 8 * 2**30 * compute.LOCAL_MEMORY_SHARE
+
+
+def test_the_address_comes_from_dask_configuration():
+    with dask.config.set({"scheduler-address": "tcp://10.0.0.7:8786"}):
+        assert compute.scheduler_address() == "tcp://10.0.0.7:8786"
+    with dask.config.set({"scheduler-address": None}):
+        assert compute.scheduler_address() is None
+
+
+def test_an_unreachable_scheduler_is_an_error_naming_its_address():
+    # Port 9 on loopback (discard): nothing listens there on a test machine.
+    with dask.config.set({"scheduler-address": "tcp://127.0.0.1:9"}):
+        with pytest.raises(compute.ComputeError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+            with compute.dask_client():
+                pass
+
+
+def test_a_configured_scheduler_is_used_as_it_is(dask_client):
+    address = dask_client.scheduler.address
+    with dask.config.set({"scheduler-address": address}), compute.dask_client() as client:
+        assert client.scheduler.address == address
+        assert client.submit(sum, [1, 2, 3]).result() == 6

@@ -1,0 +1,95 @@
+"""Partitioned Parquet datasets: parts first, manifest last; readers trust only the manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ccfraud import lake
+
+
+def frames(count: int = 3, rows: int = 50) -> list[pd.DataFrame]:
+    return [pd.DataFrame({"a": np.arange(rows) + i * rows, "b": np.full(rows, float(i))}) for i in range(count)]
+
+
+def test_written_frames_read_back_in_order_with_a_manifest(tmp_path):
+    target = str(tmp_path / "ds")
+    manifest = lake.write_frames(frames(), target, extra={"source": "test"})
+    assert manifest["rows"] == 150 and manifest["columns"] == ["a", "b"] and manifest["source"] == "test"
+    assert len(manifest["parts"]) == 3
+    pd.testing.assert_frame_equal(lake.read_pandas(target), pd.concat(frames(), ignore_index=True))
+    assert lake.verify(target) == manifest
+
+
+def test_a_failed_write_commits_nothing_and_keeps_the_previous_dataset(tmp_path):
+    target = str(tmp_path / "ds")
+    lake.write_frames(frames(2), target)
+    before = lake.read_pandas(target)
+
+    def failing():
+        yield frames(1)[0]
+        raise RuntimeError("source broke mid-way")
+
+    with pytest.raises(RuntimeError, match="mid-way"):
+        lake.write_frames(failing(), target)
+    pd.testing.assert_frame_equal(lake.read_pandas(target), before)
+    runs = [p.name for p in (tmp_path / "ds").iterdir() if p.name.startswith("run-")]
+    assert len(runs) == 1, runs  # the failed run's part was removed
+
+
+def test_a_new_commit_replaces_the_old_run(tmp_path):
+    target = str(tmp_path / "ds")
+    lake.write_frames(frames(2), target)
+    manifest = lake.write_frames(frames(1), target)
+    runs = {p.name for p in (tmp_path / "ds").iterdir() if p.name.startswith("run-")}
+    assert runs == {manifest["parts"][0]["path"].split("/")[0]}
+    assert len(lake.read_pandas(target)) == 50
+
+
+def test_no_manifest_means_no_dataset(tmp_path):
+    (tmp_path / "ds" / "run-x").mkdir(parents=True)
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "ds" / "run-x" / "part-00000.parquet")
+    with pytest.raises(lake.LakeError, match=r"no committed dataset at .*_manifest.json is missing"):
+        lake.read_pandas(str(tmp_path / "ds"))
+
+
+def test_verify_names_a_part_that_changed(tmp_path):
+    target = str(tmp_path / "ds")
+    manifest = lake.write_frames(frames(2), target)
+    changed = tmp_path / "ds" / manifest["parts"][1]["path"]
+    pd.DataFrame({"a": [0], "b": [0.0]}).to_parquet(changed, index=False)
+    with pytest.raises(lake.LakeError, match="part-00001.parquet does not match"):
+        lake.verify(target)
+
+
+def test_an_unknown_manifest_format_is_refused(tmp_path):
+    target = tmp_path / "ds"
+    lake.write_frames(frames(1), str(target))
+    manifest = json.loads((target / lake.MANIFEST).read_text())
+    (target / lake.MANIFEST).write_text(json.dumps({**manifest, "format": "other/9"}))
+    with pytest.raises(lake.LakeError, match="format 'other/9'"):
+        lake.read_manifest(str(target))
+
+
+def test_dask_partitions_are_written_by_the_workers_and_committed(tmp_path, dask_client):
+    import dask.dataframe as dd
+
+    source = pd.concat(frames(4), ignore_index=True)
+    target = str(tmp_path / "ds")
+    manifest = lake.write_dask(dd.from_pandas(source, npartitions=4), target, dask_client)
+    assert [part["rows"] for part in manifest["parts"]] == [50, 50, 50, 50]
+    pd.testing.assert_frame_equal(lake.read_dask(target).compute().reset_index(drop=True), source)
+    lake.verify(target)
+
+
+def test_s3_round_trip_with_checksums(s3_env):
+    target = f"s3://{s3_env.bucket}/lake-test/ds"
+    options = lake.storage_options(target, s3_env.endpoint_url)
+    manifest = lake.write_frames(frames(2), target, options=options)
+    assert lake.verify(target, options) == manifest
+    pd.testing.assert_frame_equal(lake.read_pandas(target, options), pd.concat(frames(2), ignore_index=True))
+    with pytest.raises(lake.LakeError, match="no committed dataset"):
+        lake.read_manifest(f"s3://{s3_env.bucket}/lake-test/nothing-here", options)
