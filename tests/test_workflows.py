@@ -79,11 +79,6 @@ def test_actionlint_accepts_every_workflow():
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-def test_readme_quick_start_is_two_commands():
-    commands = quick_start_commands()
-    assert len(commands) == 2, f"Quick start should be two commands (pipeline, then tests), found {commands}"
-
-
 def test_tests_workflow_runs_lint_and_the_readme_test_command():
     workflow = load(TESTS)
     assert {"push", "pull_request"} <= set(triggers(workflow))
@@ -98,6 +93,33 @@ def test_tests_workflow_runs_lint_and_the_readme_test_command():
     test_command = quick_start_commands()[1]
     test = step_index(all_steps, lambda s: s.get("run") == test_command, f"runs the README's `{test_command}`")
     assert lint < test and browser < test
+    assert re.search(r"\bwrk\b", all_steps[browser]["run"]), "the tools step does not install wrk"
+    assert all_steps[test].get("env", {}).get("CCFRAUD_REQUIRE_TOOLS") == "1", "missing tools would only skip"
+
+
+def test_ci_run_installs_the_tools_and_makes_their_absence_a_failure():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"command -v chromium .*missing\+=\(chromium\)", script)
+    assert re.search(r"command -v wrk .*missing\+=\(wrk\)", script)
+    assert "export CCFRAUD_REQUIRE_TOOLS=1" in script
+    assert script.index("export CCFRAUD_REQUIRE_TOOLS=1") < script.index(quick_start_commands()[1])
+
+
+def test_a_missing_tool_skips_locally_and_fails_where_required(tmp_path):
+    """conftest.missing_tool, run in a throw-away pytest session: skip without the variable, fail with it."""
+    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "s3_fixtures.py").write_text("")
+    (tmp_path / "dask_fixtures.py").write_text("")
+    (tmp_path / "test_tool.py").write_text(
+        "from conftest import missing_tool\n\ndef test_needs_a_tool():\n    missing_tool('no frobnicator')\n")
+    env = {k: v for k, v in os.environ.items() if k != "CCFRAUD_REQUIRE_TOOLS"}
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-rs", "-q", "-c",
+               os.devnull, "--rootdir", str(tmp_path), str(tmp_path / "test_tool.py")]
+    skipped = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout and "no frobnicator" in skipped.stdout
+    failed = subprocess.run(command, cwd=tmp_path, env={**env, "CCFRAUD_REQUIRE_TOOLS": "1"},
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and "1 failed" in failed.stdout and "no frobnicator" in failed.stdout
 
 
 def test_pipeline_report_workflow_posts_one_updatable_cml_comment():
