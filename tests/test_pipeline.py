@@ -43,9 +43,35 @@ def test_every_stage_leaves_its_report_and_outputs(pipeline_run):
         assert (pipeline_run / path).stat().st_size > 0, path
 
 
-def test_reports_hide_code_by_default(pipeline_run):
-    html = (pipeline_run / "reports" / "03_train.html").read_text()
-    assert "modeling.search_all(" not in html
+def code_calls(notebook: Path) -> list[str]:
+    """Lines of a notebook's code cells that call something and are long enough not to appear by chance."""
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    lines = [line.strip() for cell in cells if cell.cell_type == "code" for line in cell.source.splitlines()]
+    return [line for line in lines if "(" in line and len(line) >= 30 and not line.startswith("#")]
+
+
+def page_text(html: str) -> str:
+    """What a reader sees of a page: tags (and syntax-highlighting spans) removed, entities decoded."""
+    import html as html_lib
+    import re
+
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+@pytest.mark.parametrize("report", sorted(REPORT_SECTIONS))
+def test_reports_hide_code_by_default(pipeline_run, report, tmp_path):
+    """With show_code false (the default) none of the notebook's calls appear; with it true they do."""
+    from ccfraud import reporting
+
+    calls = code_calls(pipeline_run / "notebooks" / report.replace(".html", ".ipynb"))
+    assert len(calls) >= 3, f"{report}: too few code lines to check: {calls}"
+    text = page_text((pipeline_run / "reports" / report).read_text())
+    assert not [call for call in calls if call in text], f"{report}: code is visible"
+    executed = pipeline_run / "reports" / report.replace(".html", ".ipynb")
+    shown = page_text(reporting.notebook_to_html(executed, tmp_path / report, show_code=True).read_text())
+    assert all(call in shown for call in calls), "the check would not see code if it were shown"
 
 
 def test_metrics_have_the_expected_keys_and_sane_values(pipeline_run):
