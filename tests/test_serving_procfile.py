@@ -1,7 +1,7 @@
 """The Procfile's web command, run for real: gunicorn starts, loads the model once, scores, stops.
 
 The command is read from the Procfile (as Heroku and ``make serve`` do) and only
-changed to listen on a free loopback port instead of every interface.
+changed to listen on 127.0.0.1, on a port the OS picks, instead of every interface.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,10 +35,14 @@ def web_command() -> str:
     return lines[0].removeprefix("web:").strip()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+#: gunicorn's line naming the address it bound and the master's pid.
+LISTENING = re.compile(rf"Listening at: http://{re.escape(LOOPBACK)}:(\d+) \((\d+)\)")
+
+
+def listening(log_path: Path) -> tuple[int, int] | None:
+    """(port, master pid) from gunicorn's log once it has bound its socket, else None."""
+    found = LISTENING.search(log_path.read_text(errors="replace"))
+    return (int(found[1]), int(found[2])) if found else None
 
 
 def get(port: int, path: str, body: bytes | None = None, content_type: str = "application/json"):
@@ -53,14 +58,18 @@ def get(port: int, path: str, body: bytes | None = None, content_type: str = "ap
 
 @contextmanager
 def procfile_server(model_location: Path, tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """Run the web command in its own process group; yields (port, log file) once it listens."""
-    port = free_port()
+    """Run the web command in its own process group; yields (port, log file) once it listens.
+
+    The server binds port 0, so the OS picks a free port as it binds (no race with tests
+    running in parallel), and the port is read from gunicorn's log.
+    """
     # exec: the shell becomes gunicorn, so the signal and the exit code are gunicorn's (as on Heroku).
     command = "exec " + web_command().replace("0.0.0.0", LOOPBACK)
-    env = dict(os.environ, PORT=str(port), CCFRAUD_MODEL=str(model_location))
+    env = dict(os.environ, PORT="0", CCFRAUD_MODEL=str(model_location))
+    env.pop("WEB_CONCURRENCY", None)  # the Procfile's default number of workers
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    log_path = tmp_path / f"gunicorn-{port}.log"
-    with open(log_path, "wb") as log:
+    with tempfile.NamedTemporaryFile(dir=tmp_path, prefix="gunicorn-", suffix=".log", delete=False) as log:
+        log_path = Path(log.name)
         process = subprocess.Popen(["sh", "-c", command], cwd=tmp_path, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -68,13 +77,16 @@ def procfile_server(model_location: Path, tmp_path: Path) -> Iterator[tuple[int,
         while True:
             if process.poll() is not None:
                 pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                get(port, "/health")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server did not answer within {START_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
+            if (address := listening(log_path)) is not None:
+                port = address[0]
+                try:
+                    get(port, "/health")
+                    break
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not answer within {START_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
         yield port, log_path
     finally:
         if process.poll() is None:
