@@ -2,12 +2,15 @@
 
 The command is read from the Procfile (as Heroku and ``make serve`` do) and only
 changed to listen on 127.0.0.1, on a port the OS picks, instead of every interface.
+Also here: the server hooks the Procfile loads (``ccfraud.serving.gunicorn_conf``).
 """
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
+import logging
 import os
 import re
 import signal
@@ -18,11 +21,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from ccfraud import artifacts, modeling, schema, synthetic
+from ccfraud.serving import config as serving_config
+from ccfraud.serving import create_app, gunicorn_conf
+from ccfraud.serving.config import available_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -138,6 +145,9 @@ def test_procfile_server_loads_once_scores_and_stops(model_dir, tmp_path):
     # --preload: the master loads the model once and the workers inherit it.
     assert log.count(f"serving model {loaded.version}") == 1, log
     assert log.count("Booting worker") >= 2, log
+    # The hooks ran: the master froze its heap once before forking, each worker sized Arrow's pool to its CPUs.
+    assert log.count("objects out of garbage collection before forking workers") == 1, log
+    assert log.count(f"Arrow's thread pool sized to {available_cpus()} threads") >= 2, log
 
 
 def post_chunked(port: int, body: bytes, content_type: str, chunk: int = 65536):
@@ -188,3 +198,60 @@ def test_procfile_server_without_a_model_is_alive_but_not_ready(tmp_path):
         assert status == 503
         assert str(missing) in body["error"]["message"]
     assert f"cannot load the model from {missing}" in log_path.read_text()
+
+
+# --- the server hooks, in this process ----------------------------------------------------------
+
+def fake_arbiter(preload: bool) -> SimpleNamespace:
+    """What the hooks use of gunicorn's Arbiter: its settings and its logger."""
+    return SimpleNamespace(cfg=SimpleNamespace(preload_app=preload), log=logging.getLogger("test.gunicorn"))
+
+
+def test_when_ready_freezes_the_preloaded_app_out_of_garbage_collection(model_dir, caplog):
+    """What exists once the master has loaded the app (libraries, model, app) is never walked by a collection again."""
+    app = create_app(str(model_dir))
+    state = app.extensions["ccfraud"]
+    try:
+        with caplog.at_level(logging.INFO, logger="test.gunicorn"):
+            gunicorn_conf.when_ready(fake_arbiter(preload=True))
+        walked = {id(obj) for obj in gc.get_objects()}  # frozen objects are left out
+        assert id(app) not in walked and id(state) not in walked and id(state.loaded.model) not in walked
+        fresh = ["created after the freeze"]  # a list is always tracked
+        assert id(fresh) in {id(obj) for obj in gc.get_objects()}
+        assert re.search(r"froze [1-9]\d* objects out of garbage collection", caplog.text), caplog.text
+    finally:
+        gc.unfreeze()
+
+
+def test_when_ready_freezes_nothing_without_preload(caplog):
+    """Without --preload the master has no app to freeze: the workers load theirs after the fork."""
+    frozen = gc.get_freeze_count()
+    with caplog.at_level(logging.INFO, logger="test.gunicorn"):
+        gunicorn_conf.when_ready(fake_arbiter(preload=False))
+    assert gc.get_freeze_count() == frozen
+    assert "heap not frozen" in caplog.text
+
+
+def test_post_fork_lets_arrow_parse_csv_on_every_cpu_whatever_omp_num_threads_says(monkeypatch, caplog):
+    """OMP_NUM_THREADS=1 (Procfile) sizes Arrow's pool to one thread; each worker resizes it to its CPUs."""
+    import pyarrow
+
+    before = pyarrow.cpu_count()
+    pyarrow.set_cpu_count(1)  # what OMP_NUM_THREADS=1 does to Arrow at import
+    monkeypatch.setattr(serving_config, "available_cpus", lambda: 7)
+    try:
+        with caplog.at_level(logging.INFO, logger="test.gunicorn"):
+            gunicorn_conf.post_fork(fake_arbiter(preload=True), SimpleNamespace(pid=os.getpid()))
+        assert pyarrow.cpu_count() == 7
+        assert "Arrow's thread pool sized to 7 threads" in caplog.text
+    finally:
+        pyarrow.set_cpu_count(before)
+
+
+def test_loading_the_hooks_loads_neither_the_app_nor_openmp():
+    """gunicorn imports the hooks before it sets the Procfile's OMP_NUM_THREADS=1, which OpenMP reads once, at load:
+    importing them must not load scikit-learn (and its OpenMP), pyarrow or the app yet."""
+    code = ("import sys, ccfraud.serving.gunicorn_conf; "
+            "print(sorted(m for m in ('sklearn', 'pyarrow', 'flask', 'ccfraud.serving.app') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr

@@ -5,20 +5,19 @@ the master, before the workers fork), never per request. A model that cannot be
 loaded does not stop the process: ``/health`` still answers, ``/ready``, ``/model``
 and ``/predict`` return 503 with the reason, and the reason is logged, so an
 orchestrator sees "alive but not ready" instead of a crash loop with no explanation.
-Everything alive once the app is built is then frozen out of garbage collection
-(:func:`_freeze_heap`), so a worker's full collections stay short.
+Building an app changes nothing process-wide: freezing the heap out of garbage
+collection and sizing Arrow's thread pool are the server's job
+(:mod:`ccfraud.serving.gunicorn_conf`, the Procfile's gunicorn hooks).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-import pyarrow
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -143,39 +142,12 @@ def _read_to_end(source: Any, limit: int | None) -> bytes:
     return b"".join(parts)
 
 
-def _size_arrow_threads() -> None:
-    """Let Arrow's CSV reader use every CPU, as the forest's batch scoring does.
-
-    Arrow sizes its thread pool from ``OMP_NUM_THREADS``, which the Procfile sets to 1 so
-    that an OpenMP model (hist_gb) does not wake a team of threads for every single-row
-    request, competing with the other worker: without this, a 10,000-row CSV batch was
-    parsed on one core (17 ms instead of 9 ms).
-    """
-    pyarrow.set_cpu_count(serving_config.available_cpus())
-
-
-def _freeze_heap() -> None:
-    """Leave every object alive now (libraries, the model, the app) out of all future garbage collections.
-
-    A full collection walks every tracked object: about 180,000 once the libraries and a
-    random forest are loaded, which took ~90 ms, roughly once per 20,000 requests in a
-    worker, and landed in some request's latency. Frozen objects are not walked (a full
-    collection then takes well under a millisecond), and under gunicorn ``--preload`` the
-    forked workers no longer write GC bookkeeping into, and so copy, the master's pages.
-    Garbage is collected first so that only live objects are frozen: a frozen cycle would
-    never be freed.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def create_app(model_location: str | None = None, *, max_rows: int | None = None,
                max_body_bytes: int | None = None) -> Flask:
     """Build the API serving the model at ``model_location`` (a directory or ``s3://bucket/prefix/``).
 
     Unset arguments come from ``CCFRAUD_MODEL``, ``CCFRAUD_MAX_ROWS`` and
     ``CCFRAUD_MAX_BODY_BYTES``, else the defaults in :mod:`ccfraud.serving.config`.
-    The process's heap is frozen out of garbage collection at the end (see :func:`_freeze_heap`).
     """
     _configure_logging()
     settings = serving_config.resolve(model_location, max_rows=max_rows, max_body_bytes=max_body_bytes)
@@ -218,6 +190,4 @@ def create_app(model_location: str | None = None, *, max_rows: int | None = None
                            f"unsupported content type: expected {JSON} or {CSV}, found {found}")
         return json_response(_predictions(loaded, scorer.probabilities(matrix)))
 
-    _size_arrow_threads()
-    _freeze_heap()
     return app
