@@ -2,7 +2,8 @@
 
 The command is read from the Procfile (as Heroku and ``make serve`` do) and only
 changed to listen on 127.0.0.1, on a port the OS picks, instead of every interface.
-Also here: the server hooks the Procfile loads (``ccfraud.serving.gunicorn_conf``).
+Also here: the server hooks the Procfile loads (``ccfraud.serving.gunicorn_conf``),
+and a worker killed with SIGKILL, which the master replaces while the server stays ready.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -255,3 +257,58 @@ def test_loading_the_hooks_loads_neither_the_app_nor_openmp():
             "print(sorted(m for m in ('sklearn', 'pyarrow', 'flask', 'ccfraud.serving.app') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+# --- a worker killed under the master ----------------------------------------------------------
+
+#: Generous: the master notices the death at once and forks from its preloaded app, but CI machines are busy.
+REPLACE_TIMEOUT = 30.0
+T = TypeVar("T")
+
+
+def worker_pids(master: int) -> set[int]:
+    """Pids of the live (not yet exited) children of ``master``, from /proc."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if fields[0] != "Z" and int(fields[1]) == master:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout: float = REPLACE_TIMEOUT) -> T:
+    """Poll ``condition`` every 50 ms until it returns something truthy (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+    return result
+
+
+def test_master_replaces_a_killed_worker_and_the_server_stays_ready(model_dir, tmp_path):
+    """kill -9 one of the two workers: the master forks a new one, and every /ready meanwhile answers 200."""
+    with procfile_server(model_dir, tmp_path) as (port, log_path):
+        master = listening(log_path)[1]
+        workers = wait_until(lambda: pids if len(pids := worker_pids(master)) == 2 else None, "two workers")
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        # Probe only once the victim is dead (a zombie or reaped): it can no longer accept a connection.
+        wait_until(lambda: victim not in worker_pids(master), f"worker {victim} dying of SIGKILL")
+        statuses = []
+        deadline = time.monotonic() + REPLACE_TIMEOUT
+        while True:  # at most REPLACE_TIMEOUT / 50 ms probes, one at a time
+            statuses.append(get(port, "/ready")[0])
+            if (replacements := worker_pids(master) - workers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        statuses += [get(port, "/ready")[0] for _ in range(5)]  # and once the replacement is there
+        assert replacements, f"no new worker within {REPLACE_TIMEOUT:.0f} s:\n{log_path.read_text()[-3000:]}"
+        assert worker_pids(master) == workers - {victim} | replacements
+        assert set(statuses) == {200}, statuses
+    log = log_path.read_text()
+    assert f"Worker (pid:{victim}) was sent SIGKILL" in log, log
+    assert log.count("Arrow's thread pool sized to") >= 3, log  # the replacement ran the post_fork hook too
