@@ -111,7 +111,7 @@ def test_numpy_integers_are_accepted():
 
 # ---------------------------------------------------------------- synthetic:// URIs
 
-DEFAULTS = {"rows": 284_807, "frauds": 492, "seed": 0}
+DEFAULTS = {"rows": 284_807, "frauds": 492, "seed": 0, "partitions": 1}
 
 
 @pytest.mark.parametrize("uri", ["synthetic://", "synthetic:", "synthetic:///", "synthetic://?"])
@@ -124,6 +124,7 @@ def test_uri_parameters_override_the_defaults():
         "rows": 20000,
         "frauds": 200,
         "seed": 1,
+        "partitions": 1,
     }
     assert synthetic.parse_uri("synthetic:?seed=7") == {**DEFAULTS, "seed": 7}
 
@@ -147,6 +148,10 @@ def test_generate_from_uri_equals_generate():
         ("synthetic://?rows", r"malformed query"),
         ("synthetic://?rows=100&frauds=100", r"frauds must be at least 1 and less than rows=100"),
         ("synthetic://?seed=-3", r"seed must be a non-negative integer, got -3"),
+        ("synthetic://?seed=-3&partitions=2", r"seed must be a non-negative integer, got -3"),
+        ("synthetic://?partitions=0", r"partitions must be at least 1, got 0"),
+        ("synthetic://?rows=10&frauds=2&partitions=11", r"rows must be between partitions=11 .*got 10"),
+        ("synthetic://?rows=40000001&frauds=5&partitions=2", r"more than 20,000,000 rows in one partition"),
         ("synthetic://data.csv", r"takes only query parameters"),
         ("synthetic://?rows=100#x", r"takes only query parameters"),
         ("s3://bucket/key.csv", r"not a synthetic: URI"),
@@ -157,6 +162,93 @@ def test_invalid_uris_are_rejected_naming_what_is_wrong(uri, message):
     with pytest.raises(ValueError, match=message):
         synthetic.parse_uri(uri)
     with pytest.raises(ValueError, match=message):
+        synthetic.generate_from_uri(uri)
+
+
+# ---------------------------------------------------------------- partitions
+
+#: SHA-256 of ``generate()`` and of ``generate(rows=2000, frauds=20, seed=1)`` (column names,
+#: dtypes, then each column's bytes) as the generator made them before partitions existed:
+#: the default dataset, and so the committed metrics, must never change by accident.
+DEFAULT_DIGEST = "32221c243e7444df6e9e9a9886f8a5c94e1d7df9f8936a1e754d94c51b6f07ff"
+SMALL_DIGEST = "855fd288ee42f3226441f16a4c3dbb0cd06621d746e269bb10423ba2e08cb5da"
+
+
+def digest(frame: pd.DataFrame) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    sha.update(",".join(frame.columns).encode())
+    sha.update(",".join(map(str, frame.dtypes)).encode())
+    for column in frame.columns:
+        sha.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
+    return sha.hexdigest()
+
+
+def test_the_default_dataset_is_one_partition_and_unchanged():
+    spec = synthetic.spec_from_uri("synthetic://")
+    assert spec == synthetic.Spec(rows=284_807, frauds=492, seed=0, partitions=1)
+    assert digest(synthetic.generate_partition(spec, 0)) == DEFAULT_DIGEST
+    assert digest(synthetic.generate_from_uri("synthetic://?rows=2000&frauds=20&seed=1")) == SMALL_DIGEST
+    assert digest(synthetic.generate(rows=2000, frauds=20, seed=1)) == SMALL_DIGEST
+
+
+def test_partition_count_comes_from_the_uri_alone():
+    assert synthetic.parse_uri("synthetic://?rows=2848070&frauds=4920&seed=3")["partitions"] == 10
+    assert synthetic.parse_uri("synthetic://?rows=284808")["partitions"] == 2
+    assert synthetic.parse_uri("synthetic://?rows=284807")["partitions"] == 1
+    assert synthetic.parse_uri("synthetic://?rows=1000&frauds=10&partitions=3")["partitions"] == 3
+
+
+PARTITIONED = synthetic.Spec(rows=3001, frauds=7, seed=4, partitions=4)
+
+
+@pytest.fixture(scope="module")
+def partitioned() -> list[pd.DataFrame]:
+    return list(synthetic.iter_partitions(PARTITIONED))
+
+
+def test_partitions_add_up_to_exact_totals_with_time_increasing(partitioned):
+    assert [len(p) for p in partitioned] == [751, 750, 750, 750]
+    assert [int(p[schema.TARGET].sum()) for p in partitioned] == [2, 2, 2, 1]
+    whole = pd.concat(partitioned, ignore_index=True)
+    assert whole[schema.TIME].is_monotonic_increasing
+    for index, part in enumerate(partitioned):
+        assert list(part.columns) == schema.COLUMNS and part[schema.TARGET].dtype == np.int64
+        start = index * synthetic.PARTITION_SECONDS
+        assert start <= part[schema.TIME].min() and part[schema.TIME].max() < start + synthetic.PARTITION_SECONDS
+    pd.testing.assert_frame_equal(synthetic.generate_from_uri("synthetic://?rows=3001&frauds=7&seed=4&partitions=4"),
+                                  whole, check_exact=True)
+    schema.validate_dataset(whole, where="partitioned")
+
+
+def test_a_partition_generated_alone_equals_the_same_partition_of_the_whole(partitioned):
+    for index in (2, 0):
+        alone = synthetic.generate_partition(synthetic.Spec(rows=3001, frauds=7, seed=4, partitions=4), index)
+        pd.testing.assert_frame_equal(alone, partitioned[index], check_exact=True)
+    other_seed = synthetic.generate_partition(synthetic.Spec(rows=3001, frauds=7, seed=5, partitions=4), 2)
+    features = schema.PCA_FEATURES
+    assert not np.array_equal(other_seed[features].to_numpy(), partitioned[2][features].to_numpy())
+
+
+def test_partitions_are_independent_draws(partitioned):
+    first, second = (p[schema.PCA_FEATURES].to_numpy() for p in partitioned[:2])
+    assert not np.array_equal(first[:100], second[:100])
+
+
+def test_a_partition_may_hold_no_fraud_but_the_dataset_must():
+    spec = synthetic.Spec(rows=40, frauds=1, seed=0, partitions=4)
+    assert [int(p[schema.TARGET].sum()) for p in synthetic.iter_partitions(spec)] == [1, 0, 0, 0]
+    with pytest.raises(ValueError, match="frauds must be at least 1"):
+        synthetic.Spec(rows=40, frauds=0, partitions=4)
+    with pytest.raises(IndexError, match="partition 4 does not exist"):
+        synthetic.generate_partition(spec, 4)
+
+
+def test_a_dataset_too_large_for_one_frame_is_refused_by_generate_from_uri():
+    uri = "synthetic://?rows=50000001"
+    assert synthetic.parse_uri(uri)["partitions"] == 176
+    with pytest.raises(ValueError, match=r"more than 20,000,000 for one in-memory frame"):
         synthetic.generate_from_uri(uri)
 
 

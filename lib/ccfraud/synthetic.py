@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from numbers import Integral
 from urllib.parse import parse_qsl, urlsplit
 
@@ -50,8 +52,18 @@ SCHEME = "synthetic"
 DEFAULT_ROWS = 284_807
 DEFAULT_FRAUDS = 492
 DEFAULT_SEED = 0
-#: A guard against a typo in a URI exhausting memory (the frame takes about 250 bytes a row).
+#: A guard against a typo in a URI exhausting memory (the frame takes about 250 bytes a row):
+#: the most rows one frame (``generate``, or one partition) may have.
 MAX_ROWS = 20_000_000
+#: The most rows a partitioned dataset may have: a guard against a typo filling a disk
+#: (a row takes about 250 bytes of Parquet).
+MAX_TOTAL_ROWS = 1_000_000_000
+#: Rows per partition when a URI does not say ``partitions``: the real file's size, so that
+#: each partition is like one more real file (two days of transactions, about 70 MB).
+PARTITION_ROWS = DEFAULT_ROWS
+#: Seconds between the starts of consecutive partitions: two whole days, so partition ``i``
+#: covers days ``2i`` and ``2i + 1`` and the daily cycle keeps its hours.
+PARTITION_SECONDS = 2 * 86_400
 
 # ---------------------------------------------------------------------------------------
 # Legitimate transactions
@@ -141,17 +153,22 @@ FRAUD_MEDIUM_AMOUNT = (60.0, 1.0)
 FRAUD_LARGE_AMOUNT = (450.0, 0.6)
 FRAUD_AMOUNT_MAX = 2_500.0
 
-_PARAMETERS = ("rows", "frauds", "seed")
+_PARAMETERS = ("rows", "frauds", "seed", "partitions")
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 _HEAVY = np.isin(schema.PCA_FEATURES, HEAVY_TAILED)
 _MODERATE = np.isin(schema.PCA_FEATURES, MODERATE_TAILED)
 
 
-def _check_arguments(rows: int, frauds: int, seed: int) -> None:
-    """Raise ValueError naming the first argument that cannot give a valid dataset."""
-    for name, value in (("rows", rows), ("frauds", frauds), ("seed", seed)):
+def _check_integers(**values: object) -> None:
+    """Raise ValueError naming the first value that is not an integer (booleans are not)."""
+    for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, Integral):
             raise ValueError(f"synthetic data: {name} must be an integer, got {value!r}")
+
+
+def _check_arguments(rows: int, frauds: int, seed: int) -> None:
+    """Raise ValueError naming the first argument that cannot give a valid dataset."""
+    _check_integers(rows=rows, frauds=frauds, seed=seed)
     if not 2 <= rows <= MAX_ROWS:
         raise ValueError(
             f"synthetic data: rows must be between 2 (one row of each class) and {MAX_ROWS:,}, got {rows}"
@@ -315,7 +332,15 @@ def generate(
     The same arguments always return the same frame; another ``seed`` gives other data.
     """
     _check_arguments(rows, frauds, seed)
-    rng = np.random.default_rng(seed)
+    return _generate_block(np.random.default_rng(seed), rows, frauds)
+
+
+def _generate_block(rng: np.random.Generator, rows: int, frauds: int) -> pd.DataFrame:
+    """``rows`` transactions of which ``frauds`` are fraud (0 <= frauds <= rows), from ``rng``.
+
+    One partition of a partitioned dataset may hold no fraud or only frauds; ``generate``
+    checks that a whole dataset has both classes before calling this.
+    """
     kinds = _fraud_kinds(frauds)
     # Camouflaged frauds are drawn in the same calls as legitimate rows: identical by construction.
     like_legit = rows - frauds + kinds["camouflaged"]
@@ -345,13 +370,93 @@ def generate(
     return frame[schema.COLUMNS]
 
 
+@dataclass(frozen=True)
+class Spec:
+    """A synthetic dataset as ``partitions`` independent blocks: what a ``synthetic://`` URI describes.
+
+    With one partition the data is exactly ``generate(rows, frauds, seed)``. With more,
+    partition ``i`` has its own random stream (``SeedSequence(seed, spawn_key=(i,))``), so
+    it can be generated alone, on any worker, and equals partition ``i`` of the whole; its
+    transactions cover two more days (``Time`` + ``i * PARTITION_SECONDS``), so ``Time``
+    increases across partitions as in a transaction log. Rows and frauds are spread as
+    evenly as integers allow, the totals exact.
+    """
+
+    rows: int = DEFAULT_ROWS
+    frauds: int = DEFAULT_FRAUDS
+    seed: int = DEFAULT_SEED
+    partitions: int = 1
+
+    def __post_init__(self) -> None:
+        _check_spec(self.rows, self.frauds, self.seed, self.partitions)
+
+    def partition_counts(self, index: int) -> tuple[int, int]:
+        """``(rows, frauds)`` of partition ``index``: the first ``rows % partitions`` get one more row."""
+        if not 0 <= index < self.partitions:
+            raise IndexError(f"synthetic data: partition {index} does not exist (0 to {self.partitions - 1})")
+        rows = self.rows // self.partitions + (index < self.rows % self.partitions)
+        frauds = self.frauds // self.partitions + (index < self.frauds % self.partitions)
+        return rows, frauds
+
+
+def _check_spec(rows: int, frauds: int, seed: int, partitions: int) -> None:
+    """Raise ValueError naming the first argument that cannot give a valid partitioned dataset."""
+    _check_integers(rows=rows, frauds=frauds, seed=seed, partitions=partitions)
+    if partitions == 1:
+        _check_arguments(rows, frauds, seed)
+        return
+    if partitions < 1:
+        raise ValueError(f"synthetic data: partitions must be at least 1, got {partitions}")
+    if seed < 0:
+        raise ValueError(f"synthetic data: seed must be a non-negative integer, got {seed}")
+    if not partitions <= rows <= MAX_TOTAL_ROWS:
+        raise ValueError(
+            f"synthetic data: rows must be between partitions={partitions} (one row in each) and "
+            f"{MAX_TOTAL_ROWS:,}, got {rows}"
+        )
+    if -(-rows // partitions) > MAX_ROWS:
+        raise ValueError(
+            f"synthetic data: {rows:,} rows in {partitions} partitions is more than {MAX_ROWS:,} rows "
+            "in one partition; ask for more partitions"
+        )
+    if not 1 <= frauds < rows:
+        raise ValueError(
+            f"synthetic data: frauds must be at least 1 and less than rows={rows} "
+            f"(both classes are required), got {frauds}"
+        )
+
+
+def generate_partition(spec: Spec, index: int) -> pd.DataFrame:
+    """Partition ``index`` of ``spec``: the same frame whether generated alone or with the others.
+
+    Its index counts from 0; its ``Time`` starts at ``index * PARTITION_SECONDS``.
+    """
+    rows, frauds = spec.partition_counts(index)
+    if spec.partitions == 1:
+        return _generate_block(np.random.default_rng(spec.seed), rows, frauds)
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(index,)))
+    frame = _generate_block(rng, rows, frauds)
+    frame[schema.TIME] += float(index * PARTITION_SECONDS)
+    return frame
+
+
+def iter_partitions(spec: Spec) -> Iterator[pd.DataFrame]:
+    """Every partition of ``spec`` in order, one at a time (one partition in memory)."""
+    for index in range(spec.partitions):
+        yield generate_partition(spec, index)
+
+
 def parse_uri(uri: str) -> dict[str, int]:
-    """Read ``synthetic://?rows=..&frauds=..&seed=..`` into ``generate``'s keyword arguments.
+    """Read ``synthetic://?rows=..&frauds=..&seed=..&partitions=..`` into :class:`Spec`'s arguments.
 
     Missing keys take ``generate``'s defaults, so ``synthetic://`` means the real file's
-    size. Anything else in the URI (a host, a path, an unknown or repeated key, a value
-    that is not a whole number) is an error rather than ignored, because a typo would
-    otherwise quietly produce another dataset than the one asked for.
+    size. Without ``partitions``, a dataset has one partition per :data:`PARTITION_ROWS`
+    rows (rounded up): the default is one partition, exactly ``generate()``, and 100 times
+    the default is 100 partitions of two days each. The count depends on the URI alone,
+    never on how the data is stored, so one URI always means the same data. Anything else
+    in the URI (a host, a path, an unknown or repeated key, a value that is not a whole
+    number) is an error rather than ignored, because a typo would otherwise quietly
+    produce another dataset than the one asked for.
     """
     parts = urlsplit(uri)
     example = f"{SCHEME}://?rows=20000&frauds=200&seed=1"
@@ -374,10 +479,29 @@ def parse_uri(uri: str) -> dict[str, int]:
             raise ValueError(f"{uri!r}: parameter {key!r} must be a whole number, got {value!r}")
         seen.add(key)
         arguments[key] = int(value)
-    _check_arguments(**arguments)
+    if "partitions" not in arguments:
+        arguments["partitions"] = max(1, -(-arguments["rows"] // PARTITION_ROWS))
+    _check_spec(**arguments)
     return arguments
 
 
+def spec_from_uri(uri: str) -> Spec:
+    """The :class:`Spec` a ``synthetic://`` URI describes (see ``parse_uri``)."""
+    return Spec(**parse_uri(uri))
+
+
 def generate_from_uri(uri: str) -> pd.DataFrame:
-    """``generate`` with the arguments of a ``synthetic://`` URI (see ``parse_uri``)."""
-    return generate(**parse_uri(uri))
+    """The whole dataset of a ``synthetic://`` URI as one frame (``generate`` for one partition).
+
+    For data that fits in memory (at most :data:`MAX_ROWS` rows); larger datasets are
+    written partition by partition (``ccfraud.ingest``) and never exist in one process.
+    """
+    spec = spec_from_uri(uri)
+    if spec.partitions == 1:
+        return generate_partition(spec, 0)
+    if spec.rows > MAX_ROWS:
+        raise ValueError(
+            f"{uri!r}: {spec.rows:,} rows are more than {MAX_ROWS:,} for one in-memory frame; "
+            "the download stage writes such a dataset partition by partition"
+        )
+    return pd.concat(list(iter_partitions(spec)), ignore_index=True)
