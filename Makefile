@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 pipeline: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-## Install into .venv and run the test suite.
+## Install into .venv and run the test suite: one xdist worker per CPU, tests grouped so the
+## pipeline runs once (tests/conftest.py), the 15 slowest printed.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib tests notebooks benchmarks

@@ -95,6 +95,22 @@ def out_dir(tmp_path: Path) -> Path:
     return directory
 
 
+#: The end-to-end run tests the pipeline's mechanics, not the search: a smaller t-SNE and grid
+#: (every candidate family still takes part) keep it short. The defaults run in `make pipeline`.
+PIPELINE_TEST_PARAMS = {
+    "eda_preprocess": {"balanced_per_class": 100},
+    "train": {
+        "candidates": {
+            "logreg": {"sampler": ["class_weight"], "C": [1.0]},
+            "random_forest": {"sampler": ["undersample"], "sampling_ratio": [0.1], "n_estimators": [40],
+                              "min_samples_leaf": [1]},
+            "hist_gb": {"sampler": ["none"], "max_iter": [50]},
+        },
+        "bootstrap": 50,
+    },
+}
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> Path:
     """A temporary copy of the repository where `dvc repro` has run on a small synthetic dataset.
@@ -102,6 +118,23 @@ def pipeline_run(tmp_path_factory) -> Path:
     Shared by the end-to-end, report and browser tests so the pipeline runs once per session.
     """
     repo = make_project_copy(tmp_path_factory.mktemp("pipeline") / "repo")
+    set_params(repo, PIPELINE_TEST_PARAMS)
+    run(["git", "commit", "-q", "-am", "lighter knobs for the test run"], repo)
     result = run(["dvc", "repro"], repo)
     (repo / "repro.log").write_text(result.stdout + result.stderr)
     return repo
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests for pytest-xdist's ``--dist loadgroup``: one worker per module, one for the pipeline.
+
+    Every test that uses ``pipeline_run`` goes to one worker, so the session's pipeline runs
+    once; other tests stay with their module (module-scoped fixtures are built once, and
+    nbval's cells of one notebook run in order in one kernel).
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        fixtures = getattr(item, "fixturenames", ())
+        group = "pipeline" if "pipeline_run" in fixtures else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -11,13 +11,7 @@ from conftest import run, set_params
 
 pytestmark = pytest.mark.slow
 
-REPORT_SECTIONS = {
-    "01_download.html": ["Download: fetch and verify the dataset", "What was downloaded", "Class balance"],
-    "02_eda_preprocess.html": ["Exploratory analysis and preprocessing", "Correlations", "2-D projections",
-                               "Outliers", "Preprocessing"],
-    "03_train.html": ["Train: an honest fraud model", "Candidate search", "Threshold", "Test split",
-                      "seed project"],
-}
+REPORTS = ("01_download.html", "02_eda_preprocess.html", "03_train.html")
 
 
 def copy_repo(repo: Path, dest: Path) -> Path:
@@ -31,11 +25,9 @@ def ran_stages(output: str) -> set[str]:
 
 
 def test_every_stage_leaves_its_report_and_outputs(pipeline_run):
-    for name, sections in REPORT_SECTIONS.items():
-        html = (pipeline_run / "reports" / name).read_text()
-        for section in sections:
-            assert section in html, f"{name}: section {section!r} missing"
-        assert "Traceback" not in html
+    """The stage outputs dvc.yaml promises; what the HTML reports hold is test_browser's."""
+    for name in REPORTS:
+        assert (pipeline_run / "reports" / name).stat().st_size > 0, name
         assert (pipeline_run / "reports" / name.replace(".html", ".ipynb")).exists()
     for path in ("data/raw/creditcard.csv", "data/processed/train.parquet", "data/processed/test.parquet",
                  "models/model.skops", "models/model.json", "reports/plots/pr_curve.csv",
@@ -60,7 +52,7 @@ def page_text(html: str) -> str:
     return html_lib.unescape(re.sub(r"<[^>]+>", "", html))
 
 
-@pytest.mark.parametrize("report", sorted(REPORT_SECTIONS))
+@pytest.mark.parametrize("report", REPORTS)
 def test_reports_hide_code_by_default(pipeline_run, report, tmp_path):
     """With show_code false (the default) none of the notebook's calls appear; with it true they do."""
     from ccfraud import reporting
@@ -100,18 +92,17 @@ def test_second_repro_runs_nothing(pipeline_run):
     assert "up to date" in status.stdout
 
 
-def test_changing_a_train_parameter_reruns_only_train(pipeline_run, tmp_path):
+def test_changing_a_train_parameter_reruns_only_train_and_the_rest_is_reproduced(pipeline_run, tmp_path):
+    """Only train reruns; with the same data and seed it retrains the same model to the same metrics."""
     repo = copy_repo(pipeline_run, tmp_path / "repo")
     set_params(repo, {"train": {"top_k": 50}})
     result = run(["dvc", "repro"], repo)
     assert ran_stages(result.stdout + result.stderr) == {"train"}
-    assert "precision_at_50" in json.loads((repo / "reports" / "metrics.json").read_text())["test"]
-
-
-def test_same_inputs_give_identical_metrics(pipeline_run, tmp_path):
-    repo = copy_repo(pipeline_run, tmp_path / "repo")
-    run(["dvc", "repro", "--force", "--single-item", "train"], repo)
-    assert (repo / "reports" / "metrics.json").read_text() == (pipeline_run / "reports" / "metrics.json").read_text()
+    before = json.loads((pipeline_run / "reports" / "metrics.json").read_text())
+    after = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert "precision_at_50" in after["test"] and "precision_at_100" not in after["test"]
+    del after["test"]["precision_at_50"], before["test"]["precision_at_100"]
+    assert after == before
 
 
 def test_a_failing_download_leaves_no_data_behind(tmp_path):

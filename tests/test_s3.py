@@ -81,6 +81,10 @@ def test_credentials_in_a_uri_are_refused_without_echoing_them():
 def test_invalid_endpoint_is_named_without_its_userinfo():
     with pytest.raises(S3Error, match=r"invalid S3 endpoint URL 'localhost:9000'; expected http\(s\)://host:port"):
         s3.make_client("localhost:9000")
+    # Without a scheme urlsplit reads the user name as one: the userinfo must still not be echoed.
+    with pytest.raises(S3Error, match=r"invalid S3 endpoint URL 'localhost:9000'") as caught:
+        s3.make_client("AKIAX:s3cr3t@localhost:9000")
+    assert "s3cr3t" not in str(caught.value) and "AKIAX" not in str(caught.value)
 
 
 def test_uploading_a_missing_file_names_it(tmp_path: Path):

@@ -56,26 +56,6 @@ def expected(model, matrix: np.ndarray) -> np.ndarray:
     return modeling.fraud_probability(model, pd.DataFrame(matrix, columns=schema.FEATURES))
 
 
-def test_forest_is_scored_by_the_forest_kernel(forest_model, scorer):
-    assert scorer.path == scoring.FAST, scorer.fallback_reason
-    assert scorer.classifier_path == "binary_forest"
-    assert scorer.fallback_reason is None
-
-
-def test_undersampled_forest_is_prior_corrected(forest_model, unseen, scorer):
-    """beta < 1 after undersampling: the kernel's output goes through the same correction as training's."""
-    matrix = unseen[schema.FEATURES].to_numpy()[:64]
-    raw = forest_model.estimator_.predict_proba(unseen[schema.FEATURES].iloc[:64])[:, 1]
-    if forest_model.estimator_.named_steps["sample"] == "passthrough":
-        assert forest_model.beta_ == 1.0
-        np.testing.assert_allclose(scorer.probabilities(matrix), raw, rtol=0, atol=ATOL)
-    else:
-        assert forest_model.beta_ < 1.0
-        assert np.any(raw > 0)  # the correction changes something
-        np.testing.assert_allclose(scorer.probabilities(matrix),
-                                   modeling.correct_probability(raw, forest_model.beta_), rtol=0, atol=ATOL)
-
-
 def test_single_rows_equal_the_pipeline(forest_model, scorer, unseen):
     matrix = unseen[schema.FEATURES].to_numpy()[:40]
     found = np.concatenate([scorer.probabilities(matrix[i : i + 1]) for i in range(len(matrix))])
@@ -213,6 +193,8 @@ def test_forest_of_single_leaf_trees_is_scored_exactly(training, unseen):
 
 def test_few_rows_use_the_table_many_the_chunks_never_predict_proba(scorer, unseen, monkeypatch):
     """Up to NODE_TABLE_ROWS rows the node table scores, above it the tree chunks; the forest's method never."""
+    assert scorer.path == scoring.FAST, scorer.fallback_reason
+    assert scorer.classifier_path == "binary_forest"
     calls: list[tuple[str, int]] = []
 
     def refuse(self, X):

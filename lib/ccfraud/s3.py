@@ -392,6 +392,8 @@ def _display_endpoint(endpoint: str | None) -> str:
     """The endpoint without userinfo, query or fragment, safe to print."""
     if not endpoint:
         return "(default AWS endpoint)"
+    if "://" not in endpoint:  # no scheme: urlsplit would take "user:" for one and keep the rest
+        return endpoint.split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
     parts = urlsplit(endpoint)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
