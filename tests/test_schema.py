@@ -134,3 +134,24 @@ def test_clean_numeric_frames_take_the_whole_matrix_check_with_the_same_result(m
 def test_a_bad_value_in_a_numeric_frame_is_still_named(values):
     with pytest.raises(schema.SchemaError, match=r"column 'V17': 1 .*first at row 2"):
         schema.coerce_numeric(frame(6).assign(V17=values), schema.FEATURES, where="batch")
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda f: f.assign(V3=["1.0", "x", "2", "y"]), r"^part 3: column 'V3': .*first at row 1001: 'x'"),
+        (lambda f: f.assign(V1=[1.0, 2.0, np.inf, 3.0]), r"^part 3: column 'V1': .*first at row 1002: inf"),
+        (lambda f: f.assign(Class=[0, 1, 2, 0]), r"^part 3: column 'Class': .*first at row 1002: 2.0$"),
+        (lambda f: f.assign(V2=[True, False, True, False]), r"^part 3: column 'V2': .*first at row 1000: True"),
+    ],
+)
+def test_a_partition_names_rows_of_the_whole_dataset(mutate, message):
+    with pytest.raises(schema.SchemaError, match=message):
+        schema.validate_dataset(mutate(frame()), where="part 3", first_row=1000)
+
+
+def test_a_partition_may_hold_one_class_only():
+    only_legit = frame().assign(Class=0)
+    assert schema.validate_dataset(only_legit, require_both_classes=False)[schema.TARGET].sum() == 0
+    with pytest.raises(schema.SchemaError, match="no data rows"):
+        schema.validate_dataset(frame().iloc[:0], require_both_classes=False)

@@ -91,14 +91,16 @@ def check_columns(columns: list[str], *, require_target: bool = True, where: str
         raise SchemaError(f"{where}: {'; '.join(problems)}; expected columns {expected}")
 
 
-def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "data") -> pd.DataFrame:
+def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "data",
+                   first_row: int = 0) -> pd.DataFrame:
     """Return ``frame[columns]`` as float64, naming the first non-numeric or non-finite value.
 
     A value is accepted if it is a number or a string that parses as one (quoted
     numbers, as in the real file), finite and within +/-``MAX_ABS_VALUE``. Booleans
     are refused, though Python counts them as numbers: ``True`` in a feature column is
     a broken file, not 1.0. Row numbers in errors count data rows from 0 (the header is
-    not a row).
+    not a row), plus ``first_row``: a chunk of a larger file passes the number of its
+    first row, so that an error names the row of the file, not of the chunk.
     """
     valid = _valid_numeric_block(frame, columns)
     if valid is not None:
@@ -111,7 +113,7 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
             row = _first_bad_row(booleans)
             raise SchemaError(
                 f"{where}: column '{column}': {int(booleans.sum())} boolean value(s), expected numbers, "
-                f"first at row {row}: {bool(raw.iloc[row])}"
+                f"first at row {row + first_row}: {bool(raw.iloc[row])}"
             )
         try:
             values = pd.to_numeric(raw, errors="coerce")
@@ -122,14 +124,15 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
             row = _first_bad_row(overflow)
             raise SchemaError(
                 f"{where}: column '{column}': {int(overflow.sum())} integer(s) too large for a float (beyond "
-                f"+/-{MAX_ABS_VALUE:.3g}), first at row {row}: a {int(raw.iloc[row]).bit_length()}-bit integer"
+                f"+/-{MAX_ABS_VALUE:.3g}), first at row {row + first_row}: "
+                f"a {int(raw.iloc[row]).bit_length()}-bit integer"
             ) from None
         bad = values.isna().to_numpy() & raw.notna().to_numpy()
         if bad.any():
             row = _first_bad_row(bad)
             raise SchemaError(
                 f"{where}: column '{column}': {int(bad.sum())} non-numeric value(s), "
-                f"first at row {row}: {raw.iloc[row]!r}"
+                f"first at row {row + first_row}: {raw.iloc[row]!r}"
             )
         array = values.to_numpy(dtype="float64", na_value=np.nan)
         nonfinite = ~np.isfinite(array)
@@ -137,38 +140,44 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
             row = _first_bad_row(nonfinite)
             raise SchemaError(
                 f"{where}: column '{column}': {int(nonfinite.sum())} missing or infinite value(s), "
-                f"first at row {row}: {float(array[row])!r}"
+                f"first at row {row + first_row}: {float(array[row])!r}"
             )
         huge = np.abs(array) > MAX_ABS_VALUE
         if huge.any():
             row = _first_bad_row(huge)
             raise SchemaError(
                 f"{where}: column '{column}': {int(huge.sum())} value(s) beyond +/-{MAX_ABS_VALUE:.3g}, "
-                f"first at row {row}: {float(array[row])!r}"
+                f"first at row {row + first_row}: {float(array[row])!r}"
             )
         out[column] = array
     return pd.DataFrame(out, index=frame.index)
 
 
-def validate_dataset(frame: pd.DataFrame, *, where: str = "data") -> pd.DataFrame:
+def validate_dataset(frame: pd.DataFrame, *, where: str = "data", first_row: int = 0,
+                     require_both_classes: bool = True) -> pd.DataFrame:
     """Check a labelled creditcard-format frame and return it numeric, in file column order.
 
     Rules: exactly the expected columns, every value numeric and finite, ``Class``
-    in {0, 1}, and at least one row of each class (a model needs both).
+    in {0, 1}, and at least one row of each class (a model needs both). A partition of a
+    larger dataset passes ``require_both_classes=False`` (one part may well hold no
+    fraud; the whole dataset is checked on its aggregated counts) and ``first_row``, the
+    dataset row number of its first row, which error messages add to their row numbers.
     """
     check_columns(list(frame.columns), require_target=True, where=where)
     if len(frame) == 0:
         raise SchemaError(f"{where}: no data rows (only a header or nothing at all)")
-    clean = coerce_numeric(frame, COLUMNS, where=where)
+    clean = coerce_numeric(frame, COLUMNS, where=where, first_row=first_row)
     labels = clean[TARGET].to_numpy()
     not_binary = ~np.isin(labels, (0.0, 1.0))
     if not_binary.any():
         row = _first_bad_row(not_binary)
         raise SchemaError(
             f"{where}: column '{TARGET}': {int(not_binary.sum())} value(s) outside {{0, 1}}, "
-            f"first at row {row}: {labels[row]!r}"
+            f"first at row {row + first_row}: {float(labels[row])!r}"
         )
     clean[TARGET] = clean[TARGET].astype("int64")
+    if not require_both_classes:
+        return clean
     counts = clean[TARGET].value_counts()
     for label, name in ((0, "legitimate (Class 0)"), (1, "fraud (Class 1)")):
         if counts.get(label, 0) == 0:
