@@ -22,6 +22,7 @@ import errno
 import http.client
 import json
 import os
+import re
 import selectors
 import shlex
 import shutil
@@ -45,10 +46,8 @@ LOOPBACK = "127.0.0.1"
 BATCH_ROWS = 10_000
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+#: gunicorn's line naming the address it bound and the master's pid.
+LISTENING = re.compile(rf"Listening at: http://{re.escape(LOOPBACK)}:(\d+) \((\d+)\)")
 
 
 def procfile_command(port: int) -> str:
@@ -56,6 +55,23 @@ def procfile_command(port: int) -> str:
     line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
     command = line.removeprefix("web:").strip().replace("0.0.0.0", LOOPBACK)
     return command.replace("$PORT", str(port)).replace("${PORT}", str(port))
+
+
+def choose_model(model_dir: Path | None, scratch: Path) -> Path:
+    """``model_dir`` if given, else models/ if the pipeline has trained one, else a demo model under ``scratch``."""
+    if model_dir is not None:
+        return model_dir
+    default = ROOT / "models"
+    if (default / artifacts.METADATA_FILE).exists():
+        return default
+    print("[bench] models/ has no model: training a small logistic regression (demo)", file=sys.stderr)
+    return train_demo_model(scratch / "model")
+
+
+def record_bodies(data, count: int = 1000) -> list[bytes]:
+    """Single-record JSON request bodies, one per row of ``data`` (the first ``count``)."""
+    rows = data[schema.FEATURES].to_numpy()[:count]
+    return [json.dumps(dict(zip(schema.FEATURES, row.tolist(), strict=True))).encode() for row in rows]
 
 
 def train_demo_model(out_dir: Path) -> Path:
@@ -67,14 +83,19 @@ def train_demo_model(out_dir: Path) -> Path:
 
 
 class Server:
-    """The Procfile command in its own process group, stopped with SIGTERM (then SIGKILL)."""
+    """The Procfile command in its own process group, stopped with SIGTERM (then SIGKILL).
 
-    def __init__(self, model_dir: Path, port: int):
-        env = dict(os.environ, CCFRAUD_MODEL=str(model_dir), PORT=str(port))
+    It binds port 0, so the OS picks a free port as gunicorn binds it; ``wait_ready``
+    reads the port from gunicorn's log.
+    """
+
+    def __init__(self, model_dir: Path):
+        env = dict(os.environ, CCFRAUD_MODEL=str(model_dir), PORT="0")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        self.port = port
+        self.port = 0
         self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(["sh", "-c", "exec " + procfile_command(port)], cwd=ROOT, env=env,
+        #: the master's pid too: ``exec`` makes the shell gunicorn
+        self.process = subprocess.Popen(["sh", "-c", "exec " + procfile_command(0)], cwd=ROOT, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -82,19 +103,24 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
+            if not self.port and (found := LISTENING.search(self.output(limit=None))):
+                self.port = int(found[1])
             try:
-                connection = http.client.HTTPConnection(LOOPBACK, self.port, timeout=2)
-                connection.request("GET", "/ready")
-                if connection.getresponse().status == 200:
+                if self.port and probe(self.port, "/ready") == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"server not ready after {timeout:.0f} s:\n{self.output()}")
 
-    def output(self) -> str:
+    def worker_pids(self) -> set[int]:
+        """The master's live children: its workers."""
+        return child_pids(self.process.pid)
+
+    def output(self, limit: int | None = 4000) -> str:
         self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-4000:]
+        text = self.log.read().decode(errors="replace")
+        return text if limit is None else text[-limit:]
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -105,6 +131,31 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.log.close()
+
+
+def probe(port: int, path: str, timeout: float = 10.0) -> int:
+    """The status of one GET on a new connection (the body is read and dropped)."""
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def child_pids(parent: int) -> set[int]:
+    """Pids of the live (not exited) children of ``parent``, from /proc (Linux)."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        if fields[0] != "Z" and int(fields[1]) == parent:
+            pids.add(int(stat.parent.name))
+    return pids
 
 
 def in_process_rate(model, rows: np.ndarray, seconds: float) -> float:
@@ -193,14 +244,17 @@ class Connection:
 
 
 def run_clients(port: int, bodies: list[bytes], clients: int, seconds: float, max_requests: int,
-                warmup: float = 0.5) -> dict:
+                warmup: float = 0.5, count_errors: bool = False) -> dict:
     """``clients`` concurrent connections posting single records back to back; latency percentiles.
 
     The load generator is one event loop over all connections, as wrk runs, so that it
     takes as little of the machine's CPU (shared with the server) as Python allows.
     Each latency runs from the request's first byte (or the connect, when the server
     closed the previous connection, as gunicorn's sync workers do) to its last response
-    byte. Requests in the first ``warmup`` seconds are not counted.
+    byte. Requests in the first ``warmup`` seconds are not counted. A failed request
+    (an error status, a connection reset or closed mid-response) stops the run, unless
+    ``count_errors``: then it is counted under ``errors`` and its client carries on, on
+    a new connection, as wrk does (the fault benchmark kills a worker mid-request).
     """
     requests = [http_request(port, "/predict", body, "application/json") for body in bodies]
     selector = selectors.DefaultSelector()
@@ -208,7 +262,7 @@ def run_clients(port: int, bodies: list[bytes], clients: int, seconds: float, ma
     latencies = array("d")
     counted_from = time.perf_counter() + warmup
     deadline = counted_from + seconds
-    in_flight = 0
+    in_flight = errors = 0
 
     def start(connection: Connection) -> None:
         nonlocal in_flight
@@ -221,52 +275,73 @@ def run_clients(port: int, bodies: list[bytes], clients: int, seconds: float, ma
             selector.modify(connection.sock, selectors.EVENT_WRITE, connection)
         in_flight += 1
 
-    for connection in connections:
-        start(connection)
-    first_counted = last_done = 0.0
-    while in_flight:
-        for key, events in selector.select(timeout=30):
-            connection: Connection = key.data
-            sock = connection.sock
-            if events & selectors.EVENT_WRITE:
-                sent = sock.send(connection.unsent)
-                connection.unsent = connection.unsent[sent:]
-                if not connection.unsent:
-                    selector.modify(sock, selectors.EVENT_READ, connection)
-                continue
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise RuntimeError(f"load test failed: the server closed a connection mid-response (client "
-                                   f"{connection.index % clients})")
-            connection.pending += chunk
-            done = connection.response()
-            if done is None:
-                continue
-            now = time.perf_counter()
-            in_flight -= 1
-            status, closes = done
-            if status != 200:
-                raise RuntimeError(f"load test failed: HTTP {status}")
-            if connection.started >= counted_from:
-                first_counted = first_counted or connection.started
-                latencies.append(now - connection.started)
-                last_done = now
-            if closes:
-                selector.unregister(sock)
-                connection.close()
-            if now < deadline and len(latencies) < max_requests:
-                start(connection)
-        if not selector.get_map() and in_flight:
-            break
-    for connection in connections:
+    def failed(connection: Connection, reason: str) -> None:
+        """Count the request in flight on ``connection`` as failed (or stop), and start the next one afresh."""
+        nonlocal in_flight, errors
+        if not count_errors:
+            raise RuntimeError(f"load test failed: {reason} (client {connection.index % clients})")
+        errors += 1
+        in_flight -= 1
+        selector.unregister(connection.sock)
         connection.close()
-    selector.close()
+        if time.perf_counter() < deadline:
+            start(connection)
+
+    try:
+        for connection in connections:
+            start(connection)
+        first_counted = last_done = 0.0
+        while in_flight:
+            ready = selector.select(timeout=30)
+            if not ready:
+                raise RuntimeError(f"load test failed: no response within 30 s ({in_flight} requests in flight)")
+            for key, events in ready:
+                connection: Connection = key.data
+                sock = connection.sock
+                try:
+                    if events & selectors.EVENT_WRITE:
+                        sent = sock.send(connection.unsent)
+                        connection.unsent = connection.unsent[sent:]
+                        if not connection.unsent:
+                            selector.modify(sock, selectors.EVENT_READ, connection)
+                        continue
+                    chunk = sock.recv(65536)
+                except OSError as exc:
+                    failed(connection, f"the connection failed: {exc}")
+                    continue
+                if not chunk:
+                    failed(connection, "the server closed a connection mid-response")
+                    continue
+                connection.pending += chunk
+                done = connection.response()
+                if done is None:
+                    continue
+                now = time.perf_counter()
+                status, closes = done
+                if status != 200:
+                    failed(connection, f"HTTP {status}")
+                    continue
+                in_flight -= 1
+                if connection.started >= counted_from:
+                    first_counted = first_counted or connection.started
+                    latencies.append(now - connection.started)
+                    last_done = now
+                if closes:
+                    selector.unregister(sock)
+                    connection.close()
+                if now < deadline and len(latencies) < max_requests:
+                    start(connection)
+    finally:  # also when a failure stops the run: no socket left open
+        for connection in connections:
+            connection.close()
+        selector.close()
     flat = np.frombuffer(latencies, dtype=np.float64)
     if flat.size == 0:
         raise RuntimeError("load test failed: no request completed after the warm-up")
     return {
         "clients": clients,
         "requests": int(flat.size),
+        "errors": errors,
         "throughput_rps": flat.size / (last_done - first_counted),
         "p50_ms": float(np.percentile(flat, 50) * 1e3),
         "p99_ms": float(np.percentile(flat, 99) * 1e3),
@@ -303,10 +378,15 @@ def wrk_script(bodies: list[bytes]) -> str:
     return "\n".join(lines) + WRK_SCRIPT_END
 
 
-def run_wrk(wrk: str, port: int, script: Path, clients: int, seconds: float) -> dict:
-    """One wrk run (one thread, ``clients`` connections) after a one-second warm-up run."""
+def run_wrk(wrk: str, port: int, script: Path, clients: int, seconds: float, warmup: bool = True,
+            count_errors: bool = False) -> dict:
+    """One wrk run (one thread, ``clients`` connections), after a one-second warm-up run if ``warmup``.
+
+    Any failed request (wrk's connect, read, write, status and timeout errors) stops the
+    benchmark, unless ``count_errors``: then the count is returned under ``errors``.
+    """
     url = f"http://{LOOPBACK}:{port}/predict"
-    for duration in (1.0, seconds):
+    for duration in (1.0, seconds) if warmup else (seconds,):
         completed = subprocess.run([wrk, "-t1", f"-c{clients}", f"-d{duration:g}s", "--timeout", "30s",
                                     "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60)
         lines = [line for line in completed.stdout.splitlines() if line.startswith(WRK_RESULT)]
@@ -314,12 +394,13 @@ def run_wrk(wrk: str, port: int, script: Path, clients: int, seconds: float) -> 
             output = completed.stdout[-1000:] + completed.stderr[-1000:]
             raise RuntimeError(f"wrk failed ({completed.returncode}): {output}")
     summary = json.loads(lines[-1].removeprefix(WRK_RESULT))
-    if summary["errors"] or not summary["requests"]:
+    if (summary["errors"] and not count_errors) or not summary["requests"]:
         raise RuntimeError(f"load test failed: wrk counted {summary['errors']} errors "
                            f"in {summary['requests']} requests")
     return {
         "clients": clients,
         "requests": summary["requests"],
+        "errors": summary["errors"],
         "throughput_rps": summary["requests"] / (summary["duration_us"] / 1e6),
         "p50_ms": summary["p50_us"] / 1e3,
         "p99_ms": summary["p99_us"] / 1e3,
@@ -360,17 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="ccfraud-bench-") as tmp:
-        model_dir = args.model
-        if model_dir is None:
-            default = ROOT / "models"
-            model_dir = default if (default / artifacts.METADATA_FILE).exists() else None
-        if model_dir is None:
-            print("[bench] models/ has no model: training a small logistic regression (demo)", file=sys.stderr)
-            model_dir = train_demo_model(Path(tmp) / "model")
+        model_dir = choose_model(args.model, Path(tmp))
         loaded = artifacts.load_model(model_dir)
         data = synthetic.generate(rows=BATCH_ROWS, frauds=50, seed=123)
         rows = data[schema.FEATURES].to_numpy()
-        bodies = [json.dumps(dict(zip(schema.FEATURES, row.tolist(), strict=True))).encode() for row in rows[:1000]]
+        bodies = record_bodies(data)
         csv_body = data.to_csv(index=False).encode()
 
         print(f"[bench] model {loaded.version} from {model_dir} ({loaded.metadata.get('candidate', 'model')}); "
@@ -386,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--load wrk: wrk is not on PATH (Debian/Ubuntu: apt-get install wrk)")
         script = Path(tmp) / "predict.lua"
         script.write_text(wrk_script(bodies))
-        server = Server(Path(model_dir).resolve(), free_port())
+        server = Server(Path(model_dir).resolve())
         try:
             server.wait_ready()
             if wrk:

@@ -1,16 +1,20 @@
-"""The serving benchmark's load generators, against a small loopback server: they count what was answered.
+"""The serving benchmarks' load generators, against a small loopback server: they count what was answered.
 
-No timing is asserted (figures belong to the benchmark's printout); these tests check
+No timing is asserted (figures belong to the benchmarks' printout); these tests check
 that the load loop reads whole responses on kept-alive and on closed connections, stops
-on an error status, and that the wrk script it writes is one wrk runs.
+on an error status or counts failed requests when asked to (the soak's worker kill), that
+the wrk script it writes is one wrk runs, and that the soak reads processes' memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.server
-import importlib.util
+import importlib
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,27 +25,38 @@ from conftest import missing_tool
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module; benchmarks/ goes on sys.path, as when a benchmark runs as a script,
+    because the soak imports the serving benchmark's server and load generators by name."""
+    benchmarks = str(ROOT / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    return importlib.import_module(name)
 
 
-bench = load_benchmark()
+bench = load_benchmark("serving")
+soak = load_benchmark("soak")
 
 
 class PredictHandler(http.server.BaseHTTPRequestHandler):
-    """Answers POST /predict with a JSON body; ``close`` and ``status`` are set per server."""
+    """Answers POST /predict with a JSON body; ``close``, ``status`` and ``drop`` are set per server.
+
+    A request whose body is in ``drop`` gets no answer: its connection is closed, as a
+    killed worker's would be.
+    """
 
     protocol_version = "HTTP/1.1"
     close = False
     status = 200
+    drop: frozenset[bytes] = frozenset()
     seen: list[bytes]
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.seen.append(body)
+        if body in self.drop:
+            self.close_connection = True
+            return
         answer = b'{"predictions": [{"fraud_probability": 0.5, "is_fraud": true}]}' if self.status == 200 else b""
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
@@ -57,11 +72,20 @@ class PredictHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class PredictServer(http.server.ThreadingHTTPServer):
+    """The test server; a client hanging up mid-request (as a failing load run does) is not an error here."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 @contextlib.contextmanager
-def predict_server(close: bool = False, status: int = 200) -> Iterator[tuple[int, list[bytes]]]:
+def predict_server(close: bool = False, status: int = 200,
+                   drop: frozenset[bytes] = frozenset()) -> Iterator[tuple[int, list[bytes]]]:
     seen: list[bytes] = []
-    handler = type("Handler", (PredictHandler,), {"close": close, "status": status, "seen": seen})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    handler = type("Handler", (PredictHandler,), {"close": close, "status": status, "drop": drop, "seen": seen})
+    server = PredictServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -98,6 +122,23 @@ def test_load_loop_fails_on_an_error_status():
             bench.run_clients(port, BODIES, clients=2, seconds=0.3, max_requests=1000, warmup=0.0)
 
 
+def test_load_loop_stops_when_a_connection_closes_without_an_answer():
+    with predict_server(drop=frozenset({BODIES[1]})) as (port, _):
+        with pytest.raises(RuntimeError, match="closed a connection mid-response"):
+            bench.run_clients(port, BODIES, clients=3, seconds=0.3, max_requests=1000, warmup=0.0)
+
+
+def test_load_loop_counts_failed_requests_and_carries_on_when_asked():
+    """The soak's kill phase: a request the killed worker never answers is counted, its client reconnects."""
+    with predict_server(drop=frozenset({BODIES[1]})) as (port, seen):
+        result = bench.run_clients(port, BODIES, clients=3, seconds=0.3, max_requests=100_000, warmup=0.0,
+                                   count_errors=True)
+    assert result["errors"] >= 1  # client 1 sends BODIES[1] first
+    assert result["requests"] >= 1
+    assert result["requests"] + result["errors"] <= len(seen)
+    assert seen.count(BODIES[1]) >= result["errors"]
+
+
 def test_wrk_script_sends_every_body():
     script = bench.wrk_script(BODIES)
     for body in BODIES:
@@ -117,3 +158,42 @@ def test_wrk_runs_the_script_and_reports_counts(tmp_path):
     assert 0 < result["requests"] <= len(seen)
     assert set(seen) == set(BODIES)
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+
+def test_wrk_counts_failed_requests_when_asked(tmp_path):
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        missing_tool("wrk is not installed (apt-get install wrk; the benchmark then uses its own loop)")
+    script = tmp_path / "predict.lua"
+    script.write_text(bench.wrk_script(BODIES))
+    with predict_server(drop=frozenset({BODIES[1]})) as (port, seen):
+        with pytest.raises(RuntimeError, match="wrk counted [1-9]"):
+            bench.run_wrk(wrk, port, script, clients=2, seconds=1, warmup=False)
+        result = bench.run_wrk(wrk, port, script, clients=2, seconds=1, warmup=False, count_errors=True)
+    assert result["errors"] >= 1
+    assert BODIES[1] in seen
+
+
+# --- the soak's memory readings --------------------------------------------------------------------
+
+def test_rss_is_read_for_a_live_process_and_none_once_it_is_gone():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert child.pid in bench.child_pids(os.getpid())
+        assert soak.rss_mb(child.pid) > 1.0
+    finally:
+        child.communicate(b"")
+    assert child.pid not in bench.child_pids(os.getpid())
+    assert soak.rss_mb(child.pid) is None
+
+
+def test_rss_sampler_reports_start_max_and_end_per_process():
+    ballast = []
+    with soak.RssSampler(lambda: {os.getpid()}, every=0.01) as sampler:
+        ballast.append(bytearray(64 << 20))  # 64 MB, written: resident
+        while len(sampler.samples.get(os.getpid(), ())) < 3:
+            threading.Event().wait(0.01)
+    rss = sampler.summary()[os.getpid()]
+    assert rss["samples"] >= 3
+    assert rss["start_mb"] <= rss["max_mb"] and rss["end_mb"] <= rss["max_mb"]
+    assert rss["max_mb"] == max(sampler.samples[os.getpid()])
