@@ -1,6 +1,7 @@
 """The one feature spec: column rules and the errors that name what is wrong."""
 
 import io
+import pickle
 
 import numpy as np
 import pandas as pd
@@ -34,22 +35,37 @@ def test_quoted_numbers_as_strings_are_accepted():
 
 
 @pytest.mark.parametrize(
-    "mutate, message",
+    "mutate, message, column, row",
     [
-        (lambda f: f.drop(columns=["V7"]), r"missing column\(s\) \['V7'\]"),
-        (lambda f: f.assign(extra=1.0), r"unexpected column\(s\) \['extra'\]"),
-        (lambda f: f.assign(V3=["1.0", "x", "2", "y"]), r"column 'V3': 2 non-numeric value\(s\), first at row 1: 'x'"),
-        (lambda f: f.assign(Amount=[1.0, np.nan, 2.0, 3.0]), r"column 'Amount': 1 missing or infinite value\(s\)"),
-        (lambda f: f.assign(V1=[1.0, 2.0, np.inf, 3.0]), r"column 'V1': .*first at row 2: inf"),
-        (lambda f: f.assign(Class=[0, 1, 2, 0]), r"column 'Class': 1 value\(s\) outside \{0, 1\}, first at row 2"),
-        (lambda f: f.assign(Class=0), r"no fraud \(Class 1\) rows"),
-        (lambda f: f.assign(Class=1), r"no legitimate \(Class 0\) rows"),
-        (lambda f: f.iloc[:0], r"no data rows"),
+        (lambda f: f.drop(columns=["V7"]), r"missing column\(s\) \['V7'\]", "V7", None),
+        (lambda f: f.assign(extra=1.0), r"unexpected column\(s\) \['extra'\]", "extra", None),
+        (lambda f: f.drop(columns=["V9"]).assign(extra=1.0), r"missing column\(s\) \['V9'\]; unexpected column\(s\) "
+                                                            r"\['extra'\]", "V9", None),
+        (lambda f: f.assign(V3=["1.0", "x", "2", "y"]), r"column 'V3': 2 non-numeric value\(s\), first at row 1: 'x'",
+         "V3", 1),
+        (lambda f: f.assign(Amount=[1.0, np.nan, 2.0, 3.0]), r"column 'Amount': 1 missing or infinite value\(s\)",
+         "Amount", 1),
+        (lambda f: f.assign(V1=[1.0, 2.0, np.inf, 3.0]), r"column 'V1': .*first at row 2: inf", "V1", 2),
+        (lambda f: f.assign(Class=[0, 1, 2, 0]), r"column 'Class': 1 value\(s\) outside \{0, 1\}, first at row 2",
+         "Class", 2),
+        (lambda f: f.assign(Class=0), r"no fraud \(Class 1\) rows", "Class", None),
+        (lambda f: f.assign(Class=1), r"no legitimate \(Class 0\) rows", "Class", None),
+        (lambda f: f.iloc[:0], r"no data rows", None, None),
     ],
 )
-def test_bad_datasets_name_the_problem(mutate, message):
-    with pytest.raises(schema.SchemaError, match=message):
+def test_bad_datasets_name_the_problem(mutate, message, column, row):
+    """The message says where for people; ``column`` and ``row`` say the same for programs (the API)."""
+    with pytest.raises(schema.SchemaError, match=message) as raised:
         schema.validate_dataset(mutate(frame()), where="creditcard.csv")
+    assert (raised.value.column, raised.value.row) == (column, row)
+
+
+def test_where_an_error_is_survives_pickling():
+    """A partition's error travels pickled from a Dask worker; its column and row must travel with it."""
+    with pytest.raises(schema.SchemaError) as raised:
+        schema.validate_dataset(frame().assign(V3=["1.0", "x", "2", "y"]), where="part 3", first_row=1000)
+    copy = pickle.loads(pickle.dumps(raised.value))
+    assert (type(copy), str(copy), copy.column, copy.row) == (schema.SchemaError, str(raised.value), "V3", 1001)
 
 
 def test_error_says_where():
@@ -66,8 +82,10 @@ def test_features_for_scoring_ignore_class_and_keep_model_order():
 
 
 def test_values_beyond_float32_are_refused():
-    with pytest.raises(schema.SchemaError, match=r"column 'Amount': 1 value\(s\) beyond \+/-3.4e\+38, first at row 3"):
+    with pytest.raises(schema.SchemaError,
+                       match=r"column 'Amount': 1 value\(s\) beyond \+/-3.4e\+38, first at row 3") as raised:
         schema.validate_dataset(frame().assign(Amount=[1.0, 2.0, 3.0, 1e39]))
+    assert (raised.value.column, raised.value.row) == ("Amount", 3)
 
 
 def read_csv_text(text: str) -> pd.DataFrame:
@@ -86,8 +104,9 @@ def read_csv_text(text: str) -> pd.DataFrame:
 )
 def test_booleans_are_not_numbers(values, count, row, shown):
     with pytest.raises(schema.SchemaError, match=rf"^creditcard.csv: column 'V3': {count} boolean value\(s\), "
-                                                 rf"expected numbers, first at row {row}: {shown}$"):
+                                                 rf"expected numbers, first at row {row}: {shown}$") as raised:
         schema.validate_dataset(frame().assign(V3=values), where="creditcard.csv")
+    assert (raised.value.column, raised.value.row) == ("V3", row)
 
 
 def test_a_csv_true_false_column_is_refused_not_read_as_one_and_zero():
@@ -111,8 +130,9 @@ def test_an_integer_too_large_for_a_float_is_out_of_range_not_a_crash():
     parsed = read_csv_text(frame().assign(Time=[0, 1, 10**400, 3]).to_csv(index=False))
     assert isinstance(parsed["Time"].iloc[2], int), "pandas keeps a 400-digit integer as a Python int"
     with pytest.raises(schema.SchemaError, match=r"column 'Time': 1 integer\(s\) too large for a float \(beyond "
-                                                 r"\+/-3.4e\+38\), first at row 2: a 1329-bit integer"):
+                                                 r"\+/-3.4e\+38\), first at row 2: a 1329-bit integer") as raised:
         schema.validate_dataset(parsed)
+    assert (raised.value.column, raised.value.row) == ("Time", 2)
 
 
 def test_clean_numeric_frames_take_the_whole_matrix_check_with_the_same_result(monkeypatch):
@@ -137,17 +157,19 @@ def test_a_bad_value_in_a_numeric_frame_is_still_named(values):
 
 
 @pytest.mark.parametrize(
-    "mutate, message",
+    "mutate, message, column, row",
     [
-        (lambda f: f.assign(V3=["1.0", "x", "2", "y"]), r"^part 3: column 'V3': .*first at row 1001: 'x'"),
-        (lambda f: f.assign(V1=[1.0, 2.0, np.inf, 3.0]), r"^part 3: column 'V1': .*first at row 1002: inf"),
-        (lambda f: f.assign(Class=[0, 1, 2, 0]), r"^part 3: column 'Class': .*first at row 1002: 2.0$"),
-        (lambda f: f.assign(V2=[True, False, True, False]), r"^part 3: column 'V2': .*first at row 1000: True"),
+        (lambda f: f.assign(V3=["1.0", "x", "2", "y"]), r"^part 3: column 'V3': .*first at row 1001: 'x'", "V3", 1001),
+        (lambda f: f.assign(V1=[1.0, 2.0, np.inf, 3.0]), r"^part 3: column 'V1': .*first at row 1002: inf", "V1", 1002),
+        (lambda f: f.assign(Class=[0, 1, 2, 0]), r"^part 3: column 'Class': .*first at row 1002: 2.0$", "Class", 1002),
+        (lambda f: f.assign(V2=[True, False, True, False]), r"^part 3: column 'V2': .*first at row 1000: True",
+         "V2", 1000),
     ],
 )
-def test_a_partition_names_rows_of_the_whole_dataset(mutate, message):
-    with pytest.raises(schema.SchemaError, match=message):
+def test_a_partition_names_rows_of_the_whole_dataset(mutate, message, column, row):
+    with pytest.raises(schema.SchemaError, match=message) as raised:
         schema.validate_dataset(mutate(frame()), where="part 3", first_row=1000)
+    assert (raised.value.column, raised.value.row) == (column, row)
 
 
 def test_a_partition_may_hold_one_class_only():

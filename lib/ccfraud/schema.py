@@ -24,7 +24,22 @@ MAX_ABS_VALUE = float(np.finfo(np.float32).max)
 
 
 class SchemaError(ValueError):
-    """The data does not follow the creditcard.csv contract; the message says where."""
+    """The data does not follow the creditcard.csv contract; the message says where.
+
+    ``column`` and ``row`` say it for programs (the API's error ``field`` and ``row``
+    come from them, never from parsing the message): the first offending column, and
+    the data row (from 0) of the first offending value; None when the error is not
+    about one column or one row.
+    """
+
+    def __init__(self, message: str, *, column: str | None = None, row: int | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+        self.row = row
+
+    def __reduce__(self) -> tuple:
+        """Keep ``column`` and ``row`` through pickling (a Dask worker's error reaches the client pickled)."""
+        return type(self), (str(self),), {"column": self.column, "row": self.row}
 
 
 def _first_bad_row(mask: np.ndarray) -> int:
@@ -88,7 +103,8 @@ def check_columns(columns: list[str], *, require_target: bool = True, where: str
     if duplicated:
         problems.append(f"duplicated column(s) {duplicated}")
     if problems:
-        raise SchemaError(f"{where}: {'; '.join(problems)}; expected columns {expected}")
+        first = (missing or unknown or duplicated)[0]
+        raise SchemaError(f"{where}: {'; '.join(problems)}; expected columns {expected}", column=first)
 
 
 def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "data",
@@ -113,7 +129,7 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
             row = _first_bad_row(booleans)
             raise SchemaError(
                 f"{where}: column '{column}': {int(booleans.sum())} boolean value(s), expected numbers, "
-                f"first at row {row + first_row}: {bool(raw.iloc[row])}"
+                f"first at row {row + first_row}: {bool(raw.iloc[row])}", column=column, row=row + first_row
             )
         try:
             values = pd.to_numeric(raw, errors="coerce")
@@ -125,14 +141,14 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
             raise SchemaError(
                 f"{where}: column '{column}': {int(overflow.sum())} integer(s) too large for a float (beyond "
                 f"+/-{MAX_ABS_VALUE:.3g}), first at row {row + first_row}: "
-                f"a {int(raw.iloc[row]).bit_length()}-bit integer"
+                f"a {int(raw.iloc[row]).bit_length()}-bit integer", column=column, row=row + first_row
             ) from None
         bad = values.isna().to_numpy() & raw.notna().to_numpy()
         if bad.any():
             row = _first_bad_row(bad)
             raise SchemaError(
                 f"{where}: column '{column}': {int(bad.sum())} non-numeric value(s), "
-                f"first at row {row + first_row}: {raw.iloc[row]!r}"
+                f"first at row {row + first_row}: {raw.iloc[row]!r}", column=column, row=row + first_row
             )
         array = values.to_numpy(dtype="float64", na_value=np.nan)
         nonfinite = ~np.isfinite(array)
@@ -140,14 +156,14 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
             row = _first_bad_row(nonfinite)
             raise SchemaError(
                 f"{where}: column '{column}': {int(nonfinite.sum())} missing or infinite value(s), "
-                f"first at row {row + first_row}: {float(array[row])!r}"
+                f"first at row {row + first_row}: {float(array[row])!r}", column=column, row=row + first_row
             )
         huge = np.abs(array) > MAX_ABS_VALUE
         if huge.any():
             row = _first_bad_row(huge)
             raise SchemaError(
                 f"{where}: column '{column}': {int(huge.sum())} value(s) beyond +/-{MAX_ABS_VALUE:.3g}, "
-                f"first at row {row + first_row}: {float(array[row])!r}"
+                f"first at row {row + first_row}: {float(array[row])!r}", column=column, row=row + first_row
             )
         out[column] = array
     return pd.DataFrame(out, index=frame.index)
@@ -173,7 +189,7 @@ def validate_dataset(frame: pd.DataFrame, *, where: str = "data", first_row: int
         row = _first_bad_row(not_binary)
         raise SchemaError(
             f"{where}: column '{TARGET}': {int(not_binary.sum())} value(s) outside {{0, 1}}, "
-            f"first at row {row + first_row}: {float(labels[row])!r}"
+            f"first at row {row + first_row}: {float(labels[row])!r}", column=TARGET, row=row + first_row
         )
     clean[TARGET] = clean[TARGET].astype("int64")
     if not require_both_classes:
@@ -181,7 +197,7 @@ def validate_dataset(frame: pd.DataFrame, *, where: str = "data", first_row: int
     counts = clean[TARGET].value_counts()
     for label, name in ((0, "legitimate (Class 0)"), (1, "fraud (Class 1)")):
         if counts.get(label, 0) == 0:
-            raise SchemaError(f"{where}: column '{TARGET}': no {name} rows; both classes are required")
+            raise SchemaError(f"{where}: column '{TARGET}': no {name} rows; both classes are required", column=TARGET)
     return clean
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from http import HTTPStatus
 from typing import Any
 
@@ -35,9 +34,6 @@ _FEATURE_SET = frozenset(schema.FEATURES)
 _ALLOWED = frozenset(schema.COLUMNS)
 _MAX_ABS = schema.MAX_ABS_VALUE
 _NUMBER_TYPES = (int, float)
-#: How a SchemaError message names the column and row (see schema.check_columns / coerce_numeric).
-_COLUMN_IN_MESSAGE = re.compile(r"column '([^']+)'|column\(s\) \['([^']+)'")
-_ROW_IN_MESSAGE = re.compile(r"first at row (\d+)")
 
 
 def _json_type(value: Any) -> str:
@@ -67,14 +63,8 @@ def _described(value: Any) -> str:
 
 
 def _from_schema_error(error: schema.SchemaError, row: int | None = None) -> ApiError:
-    """A 400 carrying the schema's own message, with the column and row it names as fields."""
-    message = str(error)
-    column = _COLUMN_IN_MESSAGE.search(message)
-    row_match = _ROW_IN_MESSAGE.search(message)
-    field = (column.group(1) or column.group(2)) if column else None
-    if row is None and row_match:
-        row = int(row_match.group(1))
-    return ApiError(HTTPStatus.BAD_REQUEST, message, field=field, row=row)
+    """A 400 carrying the schema's own message, its column as ``field`` and its row (or ``row``, a batch index)."""
+    return ApiError(HTTPStatus.BAD_REQUEST, str(error), field=error.column, row=error.row if row is None else row)
 
 
 def transaction_row(obj: Any, *, row: int | None = None) -> list[float]:
