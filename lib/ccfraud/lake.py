@@ -52,11 +52,25 @@ class Part:
     sha256: str
 
 
+#: s3fs client settings matching :mod:`ccfraud.s3`'s: short connect and idle-read timeouts,
+#: three attempts, path-style addressing (local S3 servers rarely have wildcard DNS).
+S3_CONFIG = {"connect_timeout": 3, "read_timeout": 15, "retries": {"max_attempts": 3, "mode": "standard"},
+             "s3": {"addressing_style": "path"}}
+
+
 def storage_options(location: str, endpoint_url: str | None = None) -> dict[str, Any]:
-    """fsspec options for ``location``: an S3 endpoint when one is given (credentials come from the environment)."""
-    if is_remote(location) and endpoint_url:
-        return {"endpoint_url": endpoint_url}
-    return {}
+    """fsspec options for ``location``: for S3 the endpoint, when one is given, and bounded retries and timeouts.
+
+    Credentials are never options: s3fs reads them from the environment or an AWS profile,
+    on the client and on every worker. Without the timeouts, an unreachable endpoint would
+    keep a stage retrying for minutes instead of failing in seconds with a clear error.
+    """
+    if not str(location).startswith("s3://"):
+        return {"endpoint_url": endpoint_url} if is_remote(location) and endpoint_url else {}
+    options: dict[str, Any] = {"config_kwargs": S3_CONFIG}
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
+    return options
 
 
 def is_remote(location: str) -> bool:
@@ -76,9 +90,16 @@ def new_run_id() -> str:
     return f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def part_path(run_id: str, index: int) -> str:
-    """The relative path of part ``index`` of run ``run_id``."""
-    return f"{run_id}/part-{index:05d}.parquet"
+def part_path(run_id: str, index: int, chunk: int | None = None) -> str:
+    """The relative path of part ``index`` of run ``run_id``; ``chunk`` numbers the parts of one task.
+
+    A task that cannot know in advance how many parts its input makes (a Parquet file
+    of unknown length, on a worker) writes ``part-<index>-<chunk>``: names never collide
+    and sort in dataset order, and the manifest lists them in that order.
+    """
+    if chunk is None:
+        return f"{run_id}/part-{index:05d}.parquet"
+    return f"{run_id}/part-{index:05d}-{chunk:04d}.parquet"
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:

@@ -1,4 +1,4 @@
-"""Fetch a dataset URI to a local CSV file that is known to be complete and valid, atomically.
+"""Fetch a dataset URI to a local file that is known to be complete and valid, atomically.
 
 The first stage of the pipeline starts here. A source is one of
 
@@ -19,6 +19,11 @@ A source is a parameter, and parameters are recorded (params.yaml, dvc.lock, the
 executed notebook, logs), so a URI that carries credentials (``user:password@host``,
 ``?token=...``, a pre-signed ``X-Amz-Signature``) is refused: credentials come from the
 environment, ``~/.netrc`` or an AWS profile. :func:`redact` is for display only.
+
+:func:`fetch_dataset` keeps one CSV file whole. The download stage goes further with
+:func:`ccfraud.ingest.download`, which fetches through :func:`fetch_to` and writes the data
+as a partitioned Parquet dataset, CSV and Parquet sources alike; :func:`read_dataset`
+reads that dataset back.
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ def redact(uri: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}{query}"
 
 
-def _refuse_credentials(uri: str, *, what: str) -> None:
+def refuse_credentials(uri: str, *, what: str) -> None:
     """Raise SourceError if ``uri`` carries userinfo or secret-looking query parameters; never echo them."""
     try:
         parts = urlsplit(uri)
@@ -137,17 +142,17 @@ def fetch_dataset(source: str | os.PathLike[str], dest: str | os.PathLike[str], 
     ``X-Amz-Signature``, ...) is refused with a SourceError before anything is fetched.
     """
     source = os.fspath(source)
-    _refuse_credentials(source, what="source")
+    refuse_credentials(source, what="source")
     if endpoint_url:
-        _refuse_credentials(endpoint_url, what="endpoint_url")
+        refuse_credentials(endpoint_url, what="endpoint_url")
     where = redact(source)
-    expected = _normalised_md5(expected_md5)
+    expected = normalised_md5(expected_md5)
     target = Path(dest)
     if target.is_dir():
         raise SourceError(f"destination {target} is a directory; expected the path of a CSV file")
     with atomicio.atomic_path(target) as tmp:
         log.info("fetching %s to %s", where, target)
-        _fetch(source, tmp, where=where, endpoint_url=endpoint_url)
+        fetch_to(source, tmp, where=where, endpoint_url=endpoint_url)
         md5 = file_md5(tmp)
         if expected is not None and md5 != expected:
             raise SourceError(
@@ -165,7 +170,8 @@ def fetch_dataset(source: str | os.PathLike[str], dest: str | os.PathLike[str], 
     return summary
 
 
-def _normalised_md5(expected_md5: str | None) -> str | None:
+def normalised_md5(expected_md5: str | None) -> str | None:
+    """``expected_md5`` lower-cased and stripped, or None; a SourceError if it is not 32 hexadecimal digits."""
     if expected_md5 is None:
         return None
     value = expected_md5.strip().lower()
@@ -174,8 +180,23 @@ def _normalised_md5(expected_md5: str | None) -> str | None:
     return value
 
 
-def _fetch(source: str, tmp: Path, *, where: str, endpoint_url: str | None) -> None:
-    """Put the bytes of ``source`` into ``tmp``, by scheme."""
+def local_path(source: str) -> Path:
+    """The local file a path or ``file://`` URI names; a SourceError for a ``file://`` URI with a host."""
+    parts = urlsplit(source)
+    if len(parts.scheme) < 2:  # no scheme, or a Windows drive letter: a local path
+        return Path(source).expanduser()
+    if parts.scheme.lower() != "file":
+        raise SourceError(f"{redact(source)}: not a local path or file:// URI")
+    if parts.netloc not in ("", "localhost"):
+        raise SourceError(
+            f"{redact(source)}: file:// URIs name no host; got host {parts.netloc!r}. "
+            "Use file:///absolute/path or a plain relative path"
+        )
+    return Path(urllib.request.url2pathname(unquote(parts.path)))
+
+
+def fetch_to(source: str, tmp: Path, *, where: str, endpoint_url: str | None) -> None:
+    """Put the bytes of ``source`` into ``tmp``, by scheme: a SourceError naming ``where`` and the cause if not."""
     parts = urlsplit(source)
     scheme = parts.scheme.lower()
     if len(scheme) < 2:  # no scheme, or a Windows drive letter: a local path
@@ -188,12 +209,7 @@ def _fetch(source: str, tmp: Path, *, where: str, endpoint_url: str | None) -> N
     elif scheme in ("http", "https"):
         _download_http(source, tmp, where=where)
     elif scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise SourceError(
-                f"{where}: file:// URIs name no host; got host {parts.netloc!r}. "
-                "Use file:///absolute/path or a plain relative path"
-            )
-        _copy_local(Path(urllib.request.url2pathname(unquote(parts.path))), tmp, where=where)
+        _copy_local(local_path(source), tmp, where=where)
     elif scheme == "synthetic":
         _write_synthetic(source, tmp, where=where)
     else:
@@ -336,10 +352,13 @@ def _read_csv(path: Path, *, where: str) -> pd.DataFrame:
 
 
 def read_dataset(location: str | os.PathLike[str]) -> pd.DataFrame:
-    """A validated labelled frame from a local CSV (e.g. the download stage's output) or a synthetic:// URI.
+    """A validated labelled frame from the download stage's dataset, a local CSV or a synthetic:// URI.
 
-    Downstream stages read the downloaded file through this, so they apply the same
-    parsing and schema rules as the download stage did.
+    Downstream stages read the downloaded data through this, so they apply the same
+    schema rules as the download stage did. The download stage writes a lake dataset (a
+    directory of Parquet parts and a manifest, :mod:`ccfraud.lake`): only the parts its
+    manifest lists are read, in order, into one frame, which must fit in memory (the Dask
+    engine reads the parts with ``lake.read_dask`` instead).
     """
     location = os.fspath(location)
     if location.startswith("synthetic:"):
@@ -351,6 +370,14 @@ def read_dataset(location: str | os.PathLike[str]) -> pd.DataFrame:
             raise SourceError(f"{location}: {exc}") from None
         return schema.validate_dataset(frame, where=location)
     path = Path(location)
+    if path.is_dir():
+        from ccfraud import lake
+
+        try:
+            frame = lake.read_pandas(str(path))
+        except lake.LakeError as exc:
+            raise SourceError(f"{exc} (run the download stage first: dvc repro)") from None
+        return schema.validate_dataset(frame, where=str(path))
     if not path.is_file():
         raise SourceError(f"{path}: file not found (run the download stage first: dvc repro)")
     return schema.validate_dataset(_read_csv(path, where=str(path)), where=str(path))

@@ -1,0 +1,730 @@
+"""The download stage: a source becomes the raw lake dataset, partition by partition, validated.
+
+The raw data is a :mod:`ccfraud.lake` dataset (Parquet parts, a manifest written last), so
+later stages read it with pandas or Dask alike and no step ever holds more than one
+partition of it. Sources:
+
+* a CSV file (local path, ``https://``, ``s3://bucket/key.csv``): fetched and verified as
+  :func:`ccfraud.sources.fetch_dataset` does (md5 when given, a temporary file, clear
+  errors), then converted as a stream of ``partition_rows``-row parts by Arrow's streaming
+  CSV reader. A CSV file is one stream whatever the engine: it cannot be cut into parts
+  whose row numbers are known without reading it, so this machine converts it;
+* Parquet: one ``.parquet`` file, a local directory or an ``s3://bucket/prefix/`` of them
+  (or a lake dataset, read by its manifest). Each file is read, validated and written as
+  parts by one task: on the cluster with the ``dask`` engine (workers read and write, the
+  client commits), one after another with ``pandas``;
+* ``synthetic://``: :mod:`ccfraud.synthetic` generates it partition by partition (a task
+  each with ``dask``), so 100 times the real file never exists in one process.
+
+Every partition is checked by :func:`ccfraud.schema.validate_dataset`; an error names the
+file or part, the column and the row, and says how the row is counted. That both classes
+are present is a property of the whole dataset, checked on the combined counts before
+the commit. Nothing is committed unless everything passed: a failure leaves an existing
+dataset exactly as it was (:func:`ccfraud.lake.commit` is the only commit point).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+
+from ccfraud import compute, lake, s3, schema, sources, synthetic
+from ccfraud.checksums import file_md5
+
+log = logging.getLogger(__name__)
+
+#: Rows per part when the caller does not say: about 100 MB in memory (31 float64 columns).
+DEFAULT_PARTITION_ROWS = 400_000
+#: Bytes of CSV text Arrow parses at a time: memory is this plus one partition, whatever the file's size.
+CSV_BLOCK_BYTES = 16 * 1024 * 1024
+#: Seconds between two progress lines (the last part always gets one).
+PROGRESS_SECONDS = 5.0
+PARQUET_SUFFIX = ".parquet"
+
+
+# ---------------------------------------------------------------------------------------
+# Summaries: one per partition, combined into the dataset's
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionSummary:
+    """What the dataset summary needs from one validated partition: counts and row hashes.
+
+    ``row_hashes`` are the partition's distinct 64-bit row hashes, sorted: duplicates
+    across partitions are found by combining them, at 8 bytes a row instead of the row's
+    250. Two different rows share a hash with odds of about n²/2⁶⁵ (2e-9 at 284,807 rows).
+    """
+
+    rows: int
+    frauds: int
+    row_hashes: np.ndarray = field(repr=False)
+
+    @classmethod
+    def of(cls, clean: pd.DataFrame) -> PartitionSummary:
+        """Summarise a frame ``schema.validate_dataset`` returned (numeric, ``Class`` 0/1)."""
+        hashes = pd.util.hash_pandas_object(clean, index=False).to_numpy()
+        return cls(rows=len(clean), frauds=int(clean[schema.TARGET].sum()), row_hashes=np.unique(hashes))
+
+
+def combine(summaries: Sequence[PartitionSummary]) -> dict[str, int]:
+    """Rows, frauds and exact-duplicate rows of the whole dataset, from its partitions' summaries."""
+    rows = sum(summary.rows for summary in summaries)
+    frauds = sum(summary.frauds for summary in summaries)
+    hashes = [summary.row_hashes for summary in summaries]
+    distinct = len(np.unique(np.concatenate(hashes))) if hashes else 0
+    return {"rows": rows, "frauds": frauds, "duplicate_rows": rows - distinct}
+
+
+def check_both_classes(rows: int, frauds: int, *, where: str) -> None:
+    """The whole-dataset rule of ``schema.validate_dataset``, on combined counts."""
+    if rows == 0:
+        raise schema.SchemaError(f"{where}: no data rows (only a header or nothing at all)")
+    for count, name in ((rows - frauds, "legitimate (Class 0)"), (frauds, "fraud (Class 1)")):
+        if count == 0:
+            raise schema.SchemaError(
+                f"{where}: column '{schema.TARGET}': no {name} rows in any part; both classes are required")
+
+
+@dataclass(frozen=True)
+class RawDatasetSummary:
+    """What the download stage wrote: where from, where to, how many parts, and the class balance."""
+
+    source: str
+    path: str
+    engine: str
+    kind: str
+    files: int
+    parts: int
+    size_bytes: int
+    source_md5: str | None
+    rows: int
+    duplicate_rows: int
+    frauds: int
+    legit: int
+    fraud_rate: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (plain str/int/float/None values), for reports and the manifest."""
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------
+# Progress
+# ---------------------------------------------------------------------------------------
+
+
+class Progress:
+    """Periodic lines on stderr (shown in the executed notebook and on a console): step, i of n, elapsed."""
+
+    def __init__(self, step: str, total: int | None = None, *, every: float = PROGRESS_SECONDS) -> None:
+        self.step = step
+        self.total = total
+        self.every = every
+        self.done = 0
+        self.rows = 0
+        self.started = time.perf_counter()
+        self._last = -math.inf
+
+    def advance(self, rows: int, note: str = "", *, final: bool = False) -> None:
+        """Count one finished part of ``rows`` rows; print a line if enough time passed (always when final)."""
+        self.done += 1
+        self.rows += rows
+        now = time.perf_counter()
+        final = final or (self.total is not None and self.done >= self.total)
+        if final or now - self._last >= self.every:
+            self._last = now
+            of = f" of {self.total}" if self.total is not None else ""
+            extra = f", {note}" if note else ""
+            line = f"[download] {self.step}: part {self.done}{of} done, {self.rows:,} rows{extra}, " \
+                   f"{now - self.started:.1f} s"
+            print(line, file=sys.stderr, flush=True)
+            log.info(line)
+
+
+# ---------------------------------------------------------------------------------------
+# Partitions: validate, summarise, write (on a worker or here)
+# ---------------------------------------------------------------------------------------
+
+
+def _write_validated(frame: pd.DataFrame, target: str, relative: str, options: dict[str, Any] | None,
+                     *, where: str, first_row: int) -> tuple[lake.Part, PartitionSummary]:
+    """Validate one partition (both classes not required), summarise it and write it as one part."""
+    clean = schema.validate_dataset(frame, where=where, first_row=first_row, require_both_classes=False)
+    summary = PartitionSummary.of(clean)
+    try:
+        part = lake.write_part(clean, target, relative, options)
+    except Exception as exc:
+        if isinstance(exc, lake.LakeError):
+            raise
+        endpoint = (options or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+        raise lake.LakeError(str(source_error(exc, f"{target.rstrip('/')}/{relative}", endpoint,
+                                              action="write"))) from exc
+    return part, summary
+
+
+def _rows_label(start: int, rows: int) -> str:
+    return f"rows {start}-{start + rows - 1}"
+
+
+def synthetic_task(spec: synthetic.Spec, index: int, target: str, run_id: str, partition_rows: int,
+                   options: dict[str, Any] | None, where: str) -> list[tuple[lake.Part, PartitionSummary]]:
+    """Generate synthetic partition ``index`` and write it as parts of ``partition_rows`` rows (a task)."""
+    frame = synthetic.generate_partition(spec, index)
+    first = sum(spec.partition_counts(i)[0] for i in range(index))
+    results = []
+    for chunk, start in enumerate(range(0, len(frame), partition_rows)):
+        piece = frame.iloc[start:start + partition_rows]
+        label = f"{where}, partition {index} ({_rows_label(first + start, len(piece))} of the dataset)"
+        results.append(_write_validated(piece, target, lake.part_path(run_id, index, chunk), options,
+                                        where=label, first_row=first + start))
+    return results
+
+
+def parquet_file_task(location: str, source_options: dict[str, Any] | None, index: int, target: str,
+                      run_id: str, partition_rows: int,
+                      options: dict[str, Any] | None) -> list[tuple[lake.Part, PartitionSummary]]:
+    """Read one Parquet file, validate it in parts of ``partition_rows`` rows and write them (a task).
+
+    Row numbers in errors count the rows of this file from 0.
+    """
+    import pyarrow.parquet as pq
+
+    results = []
+    with _source_errors(location, source_options):
+        handle = _open_source(location, source_options)
+    with handle:
+        with _source_errors(location, source_options):
+            try:
+                parquet = pq.ParquetFile(handle)
+            except OSError:
+                raise
+            except Exception as exc:  # pyarrow.ArrowInvalid: not Parquet, a broken footer
+                raise schema.SchemaError(f"{location}: not a readable Parquet file: {exc}") from None
+        names = [name for name in parquet.schema_arrow.names if not name.startswith("__index_level_")]
+        schema.check_columns(names, where=location)
+        batches = _read_batches(parquet.iter_batches(batch_size=partition_rows, columns=schema.COLUMNS),
+                                location=location, options=source_options)
+        for chunk, (table, start) in enumerate(_exact_chunks(batches, partition_rows)):
+            label = f"{location} ({_rows_label(start, table.num_rows)} of this file)"
+            results.append(_write_validated(table.to_pandas(), target, lake.part_path(run_id, index, chunk),
+                                            options, where=label, first_row=start))
+    return results
+
+
+def _read_batches(batches: Iterable[Any], *, location: str, options: dict[str, Any] | None) -> Iterator[Any]:
+    """Arrow's batches of one file; a failure while reading is the source's (storage) or the file's (decoding)."""
+    import pyarrow as pa
+
+    iterator = iter(batches)
+    while True:
+        with _source_errors(location, options):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except OSError:
+                raise
+            except (pa.ArrowException, ValueError) as exc:
+                raise schema.SchemaError(f"{location}: cannot decode the file: {exc}") from None
+        yield batch
+
+
+def _exact_chunks(batches: Iterable[Any], rows: int) -> Iterator[tuple[Any, int]]:
+    """Regroup Arrow record batches into tables of exactly ``rows`` rows (the last may be shorter).
+
+    Yields ``(table, first_row)``. Holds at most one chunk plus one batch.
+    """
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    pending_rows = 0
+    start = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows), start
+            start += rows
+            rest = table.slice(rows)
+            pending = rest.to_batches() if rest.num_rows else []
+            pending_rows = rest.num_rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending), start
+
+
+# ---------------------------------------------------------------------------------------
+# CSV: one stream of parts
+# ---------------------------------------------------------------------------------------
+
+
+def _check_text(path: Path, *, where: str, sample_bytes: int = 64 * 1024) -> None:
+    """Refuse a file whose start is not UTF-8 text (compressed, Parquet, ...), as pandas' reader would."""
+    with open(path, "rb") as handle:
+        sample = handle.read(sample_bytes)
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(sample) - 3:  # not just a character cut by the end of the sample
+            raise schema.SchemaError(f"{where}: not a UTF-8 text file (undecodable byte at offset {exc.start}); "
+                                     "is it compressed?") from None
+    if b"\x00" in sample:
+        raise schema.SchemaError(f"{where}: not a text file (a NUL byte at offset {sample.index(0)}); "
+                                 "is it compressed?")
+
+
+class CsvChunk(NamedTuple):
+    """``partition_rows`` rows of a CSV file, parsed but not yet validated, and where they are in it."""
+
+    frame: pd.DataFrame
+    first_row: int
+    where: str
+    bytes_read: int
+
+
+def csv_chunks(path: str | os.PathLike[str], *, where: str, partition_rows: int) -> Iterator[CsvChunk]:
+    """Stream a creditcard CSV file as frames of ``partition_rows`` rows, never the whole file in memory.
+
+    Arrow parses ``CSV_BLOCK_BYTES`` at a time as text and casts each column to float64;
+    a block that does not cast (words, booleans, ...) goes through pandas and the schema's
+    own checks, which name the column, the row (of the file: data rows from 0) and the
+    value. A malformed line (a wrong number of fields) is named by its line number.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise schema.SchemaError(f"{where}: empty file (0 bytes): no header and no data rows")
+    _check_text(path, where=where)
+    bad_lines: list[str] = []
+
+    def invalid_row(row: Any) -> str:
+        line = f"line {row.number}" if row.number and row.number > 0 else "a line"
+        bad_lines.append(f"{line} has {row.actual_columns} field(s), expected {row.expected_columns}: "
+                         f"{row.text[:80]!r}")
+        return "error"
+
+    def arrow_error(exc: Exception) -> schema.SchemaError:
+        if bad_lines:
+            return schema.SchemaError(f"{where}: not a well-formed CSV file: {bad_lines[0]}")
+        message = str(exc).strip()
+        if "Empty CSV file" in message:
+            return schema.SchemaError(f"{where}: empty file: blank lines only, no header, no data rows")
+        if "UTF8" in message or "UTF-8" in message:
+            return schema.SchemaError(f"{where}: not a UTF-8 text file; is it compressed?")
+        return schema.SchemaError(f"{where}: not a well-formed CSV file: {message}")
+
+    with open(path, "rb") as handle:
+        try:
+            reader = pa_csv.open_csv(
+                handle,
+                read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
+                parse_options=pa_csv.ParseOptions(invalid_row_handler=invalid_row),
+                convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(schema.COLUMNS, pa.string()),
+                                                      strings_can_be_null=True),
+            )
+        except pa.ArrowInvalid as exc:
+            raise arrow_error(exc) from None
+        names = reader.schema.names
+        schema.check_columns(names, where=where)
+        numeric = pa.schema([(name, pa.float64()) for name in names])
+
+        def numeric_batches() -> Iterator[Any]:
+            first_row = 0
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    return
+                except pa.ArrowInvalid as exc:
+                    raise arrow_error(exc) from None
+                try:
+                    yield pa.RecordBatch.from_arrays([pc.cast(column, pa.float64()) for column in batch.columns],
+                                                     schema=numeric)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    # Not plain numbers: the schema's checks name the column, row and value ...
+                    label = f"{where} ({_rows_label(first_row, batch.num_rows)} of the file)"
+                    clean = schema.validate_dataset(batch.to_pandas(), where=label, first_row=first_row,
+                                                    require_both_classes=False)
+                    # ... or accept what pandas reads as numbers, as the one-shot reader would.
+                    yield pa.RecordBatch.from_pandas(clean[names].astype("float64"), schema=numeric,
+                                                     preserve_index=False)
+                first_row += batch.num_rows
+
+        rows = 0
+        for table, start in _exact_chunks(numeric_batches(), partition_rows):
+            rows += table.num_rows
+            label = f"{where} ({_rows_label(start, table.num_rows)} of the file)"
+            yield CsvChunk(table.to_pandas(), start, label, handle.tell())
+    if rows == 0:
+        raise schema.SchemaError(f"{where}: no data rows (only a header or nothing at all)")
+
+
+# ---------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------
+
+
+def _is_s3(location: str) -> bool:
+    return location.lower().startswith("s3://")
+
+
+def _scheme(location: str) -> str:
+    scheme = urlsplit(location).scheme.lower()
+    return scheme if len(scheme) >= 2 else ""
+
+
+def source_kind(source: str) -> str:
+    """``synthetic``, ``parquet`` (a file, a directory or an ``s3://`` prefix ending in ``/``) or ``csv``."""
+    scheme = _scheme(source)
+    if scheme == synthetic.SCHEME:
+        return "synthetic"
+    path = urlsplit(source).path if scheme else source
+    if path.lower().endswith(PARQUET_SUFFIX) or (scheme == "s3" and source.endswith("/")):
+        return "parquet"
+    if not scheme and Path(source).expanduser().is_dir():
+        return "parquet"
+    if scheme == "file" and Path(sources.local_path(source)).is_dir():
+        return "parquet"
+    return "csv"
+
+
+def _source_options(location: str, endpoint_url: str | None) -> dict[str, Any]:
+    """fsspec options to read a source: a fresh s3fs client, so credentials are those of the environment now."""
+    options = lake.storage_options(location, endpoint_url)
+    if _is_s3(location):
+        options["skip_instance_cache"] = True
+    return options
+
+
+def _open_source(location: str, options: dict[str, Any] | None) -> Any:
+    import fsspec.core
+
+    fs, path = fsspec.core.url_to_fs(location, **(options or {}))
+    return fs.open(path, "rb")
+
+
+@contextmanager
+def _source_errors(location: str, options: dict[str, Any] | None) -> Iterator[None]:
+    """Turn a storage failure reading ``location`` into a SourceError naming it and the cause in plain words.
+
+    S3 failures are described as :mod:`ccfraud.s3` describes them (wrong credentials,
+    missing bucket or key, endpoint unreachable); they reach here through s3fs, which
+    wraps botocore's errors in OSErrors. Our own errors and interrupts pass through.
+    """
+    try:
+        yield
+    except (schema.SchemaError, sources.SourceError, lake.LakeError):
+        raise
+    except Exception as exc:
+        endpoint = (options or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+        raise source_error(exc, location, endpoint) from exc
+
+
+def source_error(exc: BaseException, location: str, endpoint: str | None,
+                 action: str = "read") -> sources.SourceError:
+    """A SourceError for a failure to ``action`` ``location``: bucket, key and cause for S3; path and reason locally."""
+    if _is_s3(location):
+        bucket, key = s3.parse_s3_uri(location, require_key=False)
+        cause = s3.describe_failure(exc, bucket=bucket, key=key, endpoint=endpoint)
+        if isinstance(exc, FileNotFoundError) and cause.startswith("FileNotFoundError"):
+            cause = f"no object with key '{key}' in bucket '{bucket}'"
+        return sources.SourceError(f"cannot {action} {location}: {cause}")
+    if isinstance(exc, FileNotFoundError):
+        return sources.SourceError(f"cannot {action} {location}: no such file or directory")
+    if isinstance(exc, OSError):
+        return sources.SourceError(f"cannot {action} {location}: {exc.strerror or exc}")
+    return sources.SourceError(f"cannot {action} {location}: {type(exc).__name__}: {exc}")
+
+
+def parquet_files(source: str, options: dict[str, Any] | None) -> list[str]:
+    """The Parquet files of a source, in name order: the file itself, a directory's or a prefix's files.
+
+    A lake dataset (with a manifest) contributes exactly the parts its manifest lists.
+    Hidden and ``_``-prefixed files (``_SUCCESS``, ``_metadata``, ``.crc``) are not data.
+    """
+    import fsspec.core
+
+    with _source_errors(source, options):
+        fs, root = fsspec.core.url_to_fs(source, **(options or {}))
+        protocol = "s3://" if _is_s3(source) else ""
+        if root.lower().endswith(PARQUET_SUFFIX) and not source.endswith("/"):
+            fs.info(root)  # FileNotFoundError, PermissionError, ...: named by _source_errors
+            return [protocol + root]
+        root = root.rstrip("/")
+        if protocol:
+            fs.ls(root.split("/", 1)[0], detail=False)  # a missing bucket or bad credentials fail here, clearly
+        elif not fs.isdir(root):
+            raise sources.SourceError(f"{source}: no such directory")
+        if fs.exists(f"{root}/{lake.MANIFEST}"):
+            manifest = lake.read_manifest(protocol + root, options)
+            return lake.part_locations(protocol + root, manifest)
+        found = sorted(path for path in fs.find(root) if path.lower().endswith(PARQUET_SUFFIX)
+                       and not any(part.startswith(("_", ".")) for part in path[len(root):].split("/")))
+    if not found:
+        where = f"{source.rstrip('/')}/" if protocol else source
+        raise sources.SourceError(f"{where}: no Parquet files (*.parquet) there; expected a file, a directory "
+                                  "or an s3:// prefix holding creditcard-format Parquet files")
+    return [protocol + path for path in found]
+
+
+# ---------------------------------------------------------------------------------------
+# Running the partitions: here (pandas) or on the cluster (dask), then the commit
+# ---------------------------------------------------------------------------------------
+
+Task = tuple[Callable[..., list[tuple[lake.Part, PartitionSummary]]], tuple[Any, ...]]
+
+
+def _run_here(tasks: Sequence[Task], progress: Progress) -> list[list[tuple[lake.Part, PartitionSummary]]]:
+    results = []
+    for function, arguments in tasks:
+        result = function(*arguments)
+        results.append(result)
+        progress.advance(sum(summary.rows for _, summary in result))
+    return results
+
+
+def _run_on_cluster(tasks: Sequence[Task], client: Any, run_id: str,
+                    progress: Progress) -> list[list[tuple[lake.Part, PartitionSummary]]]:
+    """Submit one task per file or partition; results in task order. The first failure cancels the rest."""
+    from distributed import as_completed
+
+    futures = [client.submit(function, *arguments, key=f"ingest-{run_id}-{index}", pure=False)
+               for index, (function, arguments) in enumerate(tasks)]
+    order = {future.key: index for index, future in enumerate(futures)}
+    results: list[Any] = [None] * len(futures)
+    try:
+        for future in as_completed(futures):
+            result = future.result()  # re-raises the task's own exception (SchemaError, SourceError, ...)
+            results[order[future.key]] = result
+            progress.advance(sum(summary.rows for _, summary in result))
+    finally:
+        client.cancel([future for future in futures if not future.done()])
+    return results
+
+
+def _execute(tasks: Sequence[Task], *, engine: str, client: Any, run_id: str,
+             progress: Progress) -> list[list[tuple[lake.Part, PartitionSummary]]]:
+    if engine == "pandas":
+        return _run_here(tasks, progress)
+    if client is not None:
+        return _run_on_cluster(tasks, client, run_id, progress)
+    with compute.dask_client() as own_client:
+        return _run_on_cluster(tasks, own_client, run_id, progress)
+
+
+def _commit(target: str, results: Iterable[tuple[lake.Part, PartitionSummary]], *, options: dict[str, Any] | None,
+            where: str, describe: Callable[[dict[str, int], list[lake.Part]], RawDatasetSummary]) -> RawDatasetSummary:
+    """Check the whole dataset on the combined summaries, then write the manifest (the commit point)."""
+    parts = [part for part, _ in results]
+    totals = combine([summary for _, summary in results])
+    check_both_classes(totals["rows"], totals["frauds"], where=where)
+    summary = describe(totals, parts)
+    lake.commit(target, parts, columns=schema.COLUMNS, options=options,
+                extra={"source": summary.source, "summary": summary.to_dict()})
+    return summary
+
+
+def _check_partition_rows(partition_rows: int) -> int:
+    if isinstance(partition_rows, bool) or not isinstance(partition_rows, int) or partition_rows < 1:
+        raise ValueError(f"compute.partition_rows must be a positive whole number of rows, got {partition_rows!r}")
+    return partition_rows
+
+
+def download(source: str | os.PathLike[str], target: str | os.PathLike[str], *, engine: str = "pandas",
+             partition_rows: int = DEFAULT_PARTITION_ROWS, expected_md5: str | None = None,
+             endpoint_url: str | None = None, target_options: dict[str, Any] | None = None,
+             client: Any = None) -> RawDatasetSummary:
+    """Fetch ``source``, validate it partition by partition and commit it as the lake dataset ``target``.
+
+    ``engine`` is ``compute.engine``: ``dask`` runs one task per Parquet file or synthetic
+    partition on ``client`` (default: :func:`ccfraud.compute.dask_client`, the configured
+    scheduler or a LocalCluster), ``pandas`` runs them here, one after another. CSV sources
+    are converted here as one stream with either engine. ``endpoint_url`` is the source's
+    S3-compatible endpoint; ``target_options`` are fsspec options for an ``s3://`` target.
+
+    Raises SourceError (the source cannot be read, a checksum differs, credentials in a
+    URI) or schema.SchemaError (the data breaks the schema: file, column and row named);
+    either way nothing is committed and an existing dataset at ``target`` is untouched.
+    """
+    source = os.fspath(source)
+    target = os.fspath(target)
+    compute.check_engine(engine)
+    _check_partition_rows(partition_rows)
+    sources.refuse_credentials(source, what="source")
+    if endpoint_url:
+        sources.refuse_credentials(endpoint_url, what="endpoint_url")
+    where = sources.redact(source)
+    expected = sources.normalised_md5(expected_md5)
+    kind = source_kind(source)
+    if not lake.is_remote(target) and Path(target).is_file():
+        raise sources.SourceError(f"destination {target} is a file; expected a directory for the Parquet dataset "
+                                  "(remove the file, e.g. an earlier creditcard.csv)")
+    log.info("download %s (%s) to %s with the %s engine, %d rows per part", where, kind, target, engine,
+             partition_rows)
+    if kind == "synthetic":
+        if expected is not None:
+            raise sources.SourceError(f"{where}: an md5 checks a file's bytes; a synthetic source has none "
+                                      "(set download.md5 to null)")
+        return write_synthetic(source, target, engine=engine, partition_rows=partition_rows,
+                               options=target_options, client=client)
+    with _local_copy(source, target, kind=kind, expected_md5=expected, endpoint_url=endpoint_url,
+                     where=where) as (local, md5):
+        if kind == "csv":
+            return _convert_csv(local, target, where=where, md5=md5, engine=engine, partition_rows=partition_rows,
+                                options=target_options)
+        return _convert_parquet(str(local) if local else source, target, where=where, md5=md5, engine=engine,
+                                partition_rows=partition_rows, endpoint_url=endpoint_url,
+                                options=target_options, client=client)
+
+
+@contextmanager
+def _local_copy(source: str, target: str, *, kind: str, expected_md5: str | None, endpoint_url: str | None,
+                where: str) -> Iterator[tuple[Path | None, str | None]]:
+    """The source as a local file and its md5 for the block, or ``(None, None)`` for a source read in place.
+
+    A local file is read where it is. A remote CSV file, and a remote Parquet file whose md5
+    is to be checked, are fetched as :func:`ccfraud.sources.fetch_to` does (clear errors)
+    into a temporary directory beside the target, removed afterwards whatever happens.
+    Parquet directories and prefixes are read in place, by the tasks.
+    """
+    many = kind == "parquet" and (source.endswith("/") or (_scheme(source) in ("", "file")
+                                                            and Path(sources.local_path(source)).is_dir()))
+    if many:
+        if expected_md5 is not None:
+            raise sources.SourceError(f"{where}: an md5 checks one file; this source holds many files "
+                                      "(set download.md5 to null)")
+        yield None, None
+        return
+    if _scheme(source) in ("", "file"):
+        local = Path(sources.local_path(source))
+        if not local.exists():
+            raise sources.SourceError(f"{where}: local file {local} does not exist (resolved to {local.resolve()})")
+        yield local, _verified_md5(local, expected_md5, where=where)
+        return
+    if kind == "parquet" and expected_md5 is None:
+        yield None, None  # read in place, by a task
+        return
+    parent = None if lake.is_remote(target) else Path(target).resolve().parent
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = tempfile.mkdtemp(prefix=f".{Path(target).name}.download-", dir=parent)
+    try:
+        local = Path(tmpdir) / ("source" + (PARQUET_SUFFIX if kind == "parquet" else ".csv"))
+        sources.fetch_to(source, local, where=where, endpoint_url=endpoint_url)
+        yield local, _verified_md5(local, expected_md5, where=where)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _verified_md5(path: Path, expected: str | None, *, where: str) -> str:
+    md5 = file_md5(path)
+    if expected is not None and md5 != expected:
+        raise sources.SourceError(f"{where}: checksum mismatch: expected md5 {expected}, got {md5} "
+                                  "(the file is corrupt, truncated or not the expected version)")
+    return md5
+
+
+def _describer(*, source: str, target: str, engine: str, kind: str, files: int,
+               md5: str | None) -> Callable[[dict[str, int], list[lake.Part]], RawDatasetSummary]:
+    def describe(totals: dict[str, int], parts: list[lake.Part]) -> RawDatasetSummary:
+        rows, frauds = totals["rows"], totals["frauds"]
+        return RawDatasetSummary(
+            source=source, path=target, engine=engine, kind=kind, files=files, parts=len(parts),
+            size_bytes=sum(part.bytes for part in parts), source_md5=md5, rows=rows,
+            duplicate_rows=totals["duplicate_rows"], frauds=frauds, legit=rows - frauds, fraud_rate=frauds / rows)
+    return describe
+
+
+def _convert_csv(path: Path | None, target: str, *, where: str, md5: str | None, engine: str, partition_rows: int,
+                 options: dict[str, Any] | None) -> RawDatasetSummary:
+    if path is None:
+        raise sources.SourceError(f"{where}: a CSV source must be a file")
+    if engine == "dask":
+        log.info("%s: a CSV file is converted on this machine as one stream, whatever the engine", where)
+    run_id = lake.new_run_id()
+    progress = Progress(f"CSV {where}")
+    size = max(path.stat().st_size, 1)
+    results = []
+    try:
+        for index, chunk in enumerate(csv_chunks(path, where=where, partition_rows=partition_rows)):
+            results.append(_write_validated(chunk.frame, target, lake.part_path(run_id, index), options,
+                                            where=chunk.where, first_row=chunk.first_row))
+            progress.advance(results[-1][1].rows, f"{min(1.0, chunk.bytes_read / size):.0%} of the file read")
+        return _commit(target, results, options=options, where=where,
+                       describe=_describer(source=where, target=target, engine=engine, kind="csv", files=1, md5=md5))
+    except BaseException:
+        lake.discard_run(target, run_id, options)
+        raise
+
+
+def _convert_parquet(location: str, target: str, *, where: str, md5: str | None, engine: str,
+                     partition_rows: int, endpoint_url: str | None, options: dict[str, Any] | None,
+                     client: Any) -> RawDatasetSummary:
+    if not _is_s3(location):
+        location = str(Path(sources.local_path(location)).resolve())  # the workers' working directory may differ
+    source_options = _source_options(location, endpoint_url)
+    files = parquet_files(location, source_options)
+    log.info("%s: %d Parquet file(s)", where, len(files))
+    run_id = lake.new_run_id()
+    tasks: list[Task] = [(parquet_file_task, (file, source_options, index, target, run_id, partition_rows, options))
+                         for index, file in enumerate(files)]
+    try:
+        results = _execute(tasks, engine=engine, client=client, run_id=run_id,
+                           progress=Progress(f"Parquet {where}", len(tasks)))
+        return _commit(target, [item for result in results for item in result], options=options, where=where,
+                       describe=_describer(source=where, target=target, engine=engine, kind="parquet",
+                                           files=len(files), md5=md5))
+    except BaseException:
+        lake.discard_run(target, run_id, options)
+        raise
+
+
+def write_synthetic(source: str, target: str, *, engine: str = "dask", partition_rows: int = DEFAULT_PARTITION_ROWS,
+                    options: dict[str, Any] | None = None, client: Any = None) -> RawDatasetSummary:
+    """Generate a ``synthetic://`` dataset straight into the lake dataset ``target``, partition by partition.
+
+    With ``engine="dask"`` each partition is generated, validated and written by a task on
+    the cluster (``client``, or :func:`ccfraud.compute.dask_client`), so the whole dataset
+    never exists in one process: this is how the 100x benchmark data goes into an S3 prefix
+    (``target="s3://bucket/prefix"``, ``options=lake.storage_options(target, endpoint)``).
+    The same URI always writes the same rows, whatever ``partition_rows`` and the engine.
+    """
+    compute.check_engine(engine)
+    _check_partition_rows(partition_rows)
+    where = sources.redact(source)
+    try:
+        spec = synthetic.spec_from_uri(source)
+    except ValueError as exc:
+        raise sources.SourceError(f"{where}: {exc}") from None
+    run_id = lake.new_run_id()
+    tasks: list[Task] = [(synthetic_task, (spec, index, target, run_id, partition_rows, options, where))
+                         for index in range(spec.partitions)]
+    try:
+        results = _execute(tasks, engine=engine, client=client, run_id=run_id,
+                           progress=Progress(f"synthetic {where}", len(tasks)))
+        return _commit(target, [item for result in results for item in result], options=options, where=where,
+                       describe=_describer(source=where, target=target, engine=engine, kind="synthetic",
+                                           files=0, md5=None))
+    except BaseException:
+        lake.discard_run(target, run_id, options)
+        raise
