@@ -1,11 +1,16 @@
-"""A model artifact carries its metadata and refuses to load when tampered with."""
+"""A model artifact carries its metadata and refuses to load when tampered with or holding
+any type our pipelines do not contain."""
 
+import copy
 import json
 
 import numpy as np
 import pytest
+import skops.io as sio
+from sklearn.naive_bayes import GaussianNB
+from sklearn.pipeline import Pipeline as SklearnPipeline
 
-from ccfraud import artifacts, modeling, schema, synthetic
+from ccfraud import artifacts, modeling, preprocess, schema, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +87,106 @@ def test_version_follows_behaviour_not_file_bytes(trained, tmp_path):
     assert again["model_version"] == meta["model_version"]
     other = modeling.make_pipeline("logreg", "none").fit(data, data[schema.TARGET])
     assert artifacts.save_model(other, tmp_path / "other", threshold=0.3)["model_version"] != meta["model_version"]
+
+
+# --- the type allowlist ------------------------------------------------------------------------
+
+#: Small versions of each family (types do not depend on size); hist_gb stops early as the
+#: train stage's does on the full data (early_stopping="auto" turns it on above 10,000 rows).
+SMALL = {"random_forest": {"n_estimators": 5}, "hist_gb": {"max_iter": 10, "early_stopping": True}}
+CANDIDATES = [(model, sampler) for model in modeling.MODELS for sampler in modeling.SAMPLERS]
+
+
+@pytest.fixture(scope="module")
+def candidate_models(tmp_path_factory):
+    """One saved model of every candidate family with every sampler the code knows."""
+    data = synthetic.generate(rows=2000, frauds=40, seed=3)
+    saved = {}
+    for model_name, sampler in CANDIDATES:
+        model = modeling.make_pipeline(model_name, sampler, sampling_ratio=0.2, **SMALL.get(model_name, {}))
+        model.fit(data[schema.FEATURES], data[schema.TARGET])
+        out = tmp_path_factory.mktemp(f"{model_name}-{sampler}")
+        artifacts.save_model(model, out, threshold=0.5)
+        saved[model_name, sampler] = (model, out)
+    return saved, data
+
+
+@pytest.mark.parametrize("model_name, sampler", CANDIDATES)
+def test_a_model_of_every_candidate_loads(candidate_models, model_name, sampler):
+    saved, data = candidate_models
+    model, out = saved[model_name, sampler]
+    loaded = artifacts.load_model(out)
+    np.testing.assert_array_equal(modeling.fraud_probability(loaded.model, data),
+                                  modeling.fraud_probability(model, data))
+
+
+def test_allowlist_is_exactly_what_the_candidates_contain(candidate_models):
+    """A candidate, sampler or library version that brings a new type fails here, and so does a stale entry."""
+    saved, _ = candidate_models
+    found = {}
+    for key, (_, out) in saved.items():
+        for name in artifacts.skops_types((out / artifacts.MODEL_FILE).read_bytes(), out):
+            found.setdefault(name, key)
+    missing = {name: key for name, key in found.items() if name not in artifacts.ALLOWED_TYPES}
+    assert not missing, f"types saved by these candidates are not in artifacts.ALLOWED_TYPES: {missing}"
+    assert set(found) == artifacts.ALLOWED_TYPES, f"never used: {sorted(artifacts.ALLOWED_TYPES - set(found))}"
+
+
+def test_the_allowlist_covers_what_skops_itself_distrusts(candidate_models):
+    saved, _ = candidate_models
+    untrusted = {name for _, out in saved.values() for name in sio.get_untrusted_types(file=out / artifacts.MODEL_FILE)}
+    assert {"ccfraud.modeling.PriorCorrected", "sklearn.tree._tree.Tree",
+            "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"} <= untrusted
+    assert untrusted <= artifacts.ALLOWED_TYPES
+
+
+class Canary:
+    """A type no model of ours contains; it records every instance made (skops makes them with ``__new__``)."""
+
+    built: list["Canary"] = []
+
+    def __new__(cls):
+        instance = super().__new__(cls)
+        Canary.built.append(instance)
+        return instance
+
+
+def test_a_file_with_a_foreign_type_is_refused_before_anything_is_built(trained, tmp_path):
+    model, _, _, _ = trained
+    smuggled = copy.deepcopy(model)
+    smuggled.note_ = Canary()
+    artifacts.save_model(smuggled, tmp_path, threshold=0.3)  # checksum and metadata consistent, as a writer makes them
+    Canary.built.clear()
+    with pytest.raises(artifacts.ArtifactError) as error:
+        artifacts.load_model(tmp_path)
+    assert f"types outside ccfraud.artifacts.ALLOWED_TYPES: {Canary.__module__}.Canary;" in str(error.value)
+    assert str(tmp_path / artifacts.MODEL_FILE) in str(error.value)
+    assert Canary.built == []
+    # What the old load did (trust every type the file lists) builds it:
+    sio.load(tmp_path / artifacts.MODEL_FILE, trusted=sio.get_untrusted_types(file=tmp_path / artifacts.MODEL_FILE))
+    assert len(Canary.built) == 1
+
+
+def test_a_type_skops_trusts_is_still_refused_when_it_is_not_ours(tmp_path):
+    """skops trusts every scikit-learn estimator by default; a file carrying one we never train is refused."""
+    data = synthetic.generate(rows=1000, frauds=30, seed=6)
+    # sklearn's Pipeline, not imblearn's: outside the list too.
+    steps = [("preprocess", preprocess.make_preprocessor()), ("model", GaussianNB())]
+    model = modeling.PriorCorrected(SklearnPipeline(steps)).fit(data[schema.FEATURES], data[schema.TARGET])
+    artifacts.save_model(model, tmp_path, threshold=0.5)
+    assert "sklearn.naive_bayes.GaussianNB" not in sio.get_untrusted_types(file=tmp_path / artifacts.MODEL_FILE)
+    with pytest.raises(artifacts.ArtifactError) as error:
+        artifacts.load_model(tmp_path)
+    assert str(error.value).startswith(f"{tmp_path / artifacts.MODEL_FILE} contains types outside")
+    assert "sklearn.naive_bayes.GaussianNB, sklearn.pipeline.Pipeline;" in str(error.value)
+
+
+def test_a_model_file_skops_cannot_read_is_refused_by_name(trained, tmp_path):
+    _, out, _, _ = trained
+    target = copy_of(out, tmp_path)
+    (target / artifacts.MODEL_FILE).write_bytes(b"not a zip archive")
+    meta = json.loads((target / artifacts.METADATA_FILE).read_text())
+    meta["sha256"] = artifacts.file_sha256(target / artifacts.MODEL_FILE)
+    (target / artifacts.METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(artifacts.ArtifactError, match=r"model\.skops: not a readable skops file \(BadZipFile"):
+        artifacts.load_model(target)

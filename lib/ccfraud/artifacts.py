@@ -3,15 +3,28 @@
 A model file alone cannot say which features it expects, which threshold it was
 tuned for or which library versions can read it. The JSON next to it does, and
 loading refuses a file whose checksum or library versions do not match.
+
+The checksum only proves that the model file matches ``model.json``; whoever can
+write one can write the other. So what a loaded file may build is decided here, not
+by the file:
+
+* **Types.** A skops file names the types it builds. Loading builds only the types in
+  :data:`ALLOWED_TYPES` (what our candidate pipelines contain) and refuses any other
+  file before constructing anything. Trusting whatever a file lists would give skops
+  pickle's trust model back: ``sklearn.tree._tree.Tree``, for one, is untrusted by
+  skops because a crafted tree crashes the process when it first scores.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import os
 import platform
 import subprocess
+import zipfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -29,6 +42,55 @@ FORMAT_VERSION = 1
 #: Libraries whose version must match exactly for a pickled estimator to behave the same.
 PINNED_LIBRARIES = ("scikit-learn", "imbalanced-learn", "numpy", "skops")
 RECORDED_LIBRARIES = (*PINNED_LIBRARIES, "pandas", "scipy")
+
+#: Every type a skops file of ours may build, and nothing else: what a model of each
+#: candidate family (modeling.MODELS) with each sampler (modeling.SAMPLERS) contains.
+#: Derived by saving one model of every combination and listing the types its skops file
+#: names (tests/test_artifacts.py checks the list against those files, both ways).
+#: A new candidate, sampler or library version that needs another type fails that test;
+#: extend the list only with types you have read, never with what a file asks for.
+#: Marked "skops: untrusted" are types skops itself refuses unless told to trust them.
+ALLOWED_TYPES: frozenset[str] = frozenset({
+    # our wrapper and the imbalanced-learn pipeline around every model
+    "ccfraud.modeling.PriorCorrected",  # skops: untrusted
+    "imblearn.pipeline.Pipeline",  # skops: untrusted
+    # preprocessing (ccfraud.preprocess.make_preprocessor); "passthrough" is a FunctionTransformer
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.preprocessing._data.RobustScaler",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    # samplers (modeling.make_sampler); SMOTE and NearMiss keep a fitted NearestNeighbors
+    "imblearn.under_sampling._prototype_selection._random_under_sampler.RandomUnderSampler",  # skops: untrusted
+    "imblearn.over_sampling._smote.base.SMOTE",  # skops: untrusted
+    "imblearn.under_sampling._prototype_selection._nearmiss.NearMiss",  # skops: untrusted
+    "sklearn.neighbors._unsupervised.NearestNeighbors",
+    # logreg
+    "sklearn.linear_model._logistic.LogisticRegression",
+    # random_forest
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._tree.Tree",  # skops: untrusted (a crafted node array crashes the scorer)
+    # hist_gb and its internals: trees, binning, loss, label encoding, random generator
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",  # skops: untrusted
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.preprocessing._label.LabelEncoder",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss._loss.CyHalfBinomialLoss",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.Interval",
+    "numpy.random._generator.Generator",
+    "numpy.random.PCG64",
+    # containers and values inside fitted attributes
+    "builtins.dict",
+    "builtins.list",
+    "builtins.tuple",
+    "builtins.slice",
+    "builtins.str",
+    "collections.OrderedDict",
+    "numpy.ndarray",
+    "numpy.int64",
+    "numpy.uint64",
+})
 
 
 class ArtifactError(RuntimeError):
@@ -124,6 +186,13 @@ class LoadedModel:
         return str(self.metadata["model_version"])
 
 
+def _checksum_error(path: Path, expected: Any, actual: str) -> ArtifactError:
+    return ArtifactError(
+        f"{path}: checksum mismatch (metadata says sha256 {expected}, file has {actual}); "
+        "the file was modified or corrupted, refusing to load it"
+    )
+
+
 def verify(model_dir: Path, metadata: dict) -> Path:
     """Check the artifact's checksum, feature spec and library versions; return the model path."""
     path = Path(model_dir) / metadata.get("model_file", MODEL_FILE)
@@ -131,10 +200,7 @@ def verify(model_dir: Path, metadata: dict) -> Path:
         raise ArtifactError(f"{path} not found (named by {Path(model_dir) / METADATA_FILE})")
     actual = file_sha256(path)
     if actual != metadata.get("sha256"):
-        raise ArtifactError(
-            f"{path}: checksum mismatch (metadata says sha256 {metadata.get('sha256')}, file has {actual}); "
-            "the file was modified or corrupted, refusing to load it"
-        )
+        raise _checksum_error(path, metadata.get("sha256"), actual)
     if metadata.get("features") != schema.FEATURES:
         raise ArtifactError(f"{path}: trained on features {metadata.get('features')}, this code serves "
                             f"{schema.FEATURES}")
@@ -148,12 +214,80 @@ def verify(model_dir: Path, metadata: dict) -> Path:
     return path
 
 
-def load_model(model_dir: Path) -> LoadedModel:
-    """Load a model saved by :func:`save_model`, refusing anything that does not verify."""
+def skops_types(data: bytes, where: str | os.PathLike[str]) -> set[str]:
+    """Every type the skops file ``data`` would build, read from its object tree without building anything.
+
+    ``skops.io.get_untrusted_types`` lists only the types skops does not trust by default;
+    this lists all of them (every node's type, every type a node refers to, a random
+    generator's bit generator), plus whatever skops's own audit declares, so that
+    :data:`ALLOWED_TYPES` decides alone. It uses skops's tree reader (private API; skops
+    is a pinned library, and tests/test_artifacts.py fails if the reader changes shape).
+    """
+    from skops.io._audit import Node, get_tree
+    from skops.io._utils import get_module, read_schema
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            state, load_context = read_schema(archive)
+            tree = get_tree(state, load_context, trusted=None)
+        names = set(tree.get_unsafe_set())
+    except (zipfile.BadZipFile, KeyError, TypeError, ValueError) as error:
+        raise ArtifactError(f"{where}: not a readable skops file ({type(error).__name__}: {error})") from None
+    seen: set[int] = set()
+    pending: list[Any] = [tree]
+    while pending:
+        item = pending.pop()
+        if item is None or isinstance(item, (str, bytes, int, float, io.BytesIO)):
+            continue  # data: JSON values and the numpy buffers skops reads without pickle
+        if isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, type):
+            names.add(f"{get_module(item)}.{item.__name__}")
+        elif isinstance(item, Node):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            names.add(f"{item.module_name}.{item.class_name}")
+            bit_generator = getattr(item, "bit_generator_name", None)  # numpy Generator: builds this class too
+            if isinstance(bit_generator, str):
+                names.add(f"numpy.random.{bit_generator}")
+            pending.extend(item.children.values())
+        else:
+            raise ArtifactError(f"{where}: skops object tree holds a {type(item).__name__} this check cannot "
+                                "classify; refusing to load it")
+    return names
+
+
+def check_types(data: bytes, where: str | os.PathLike[str]) -> None:
+    """Raise ArtifactError naming every type in the skops file ``data`` that is not in :data:`ALLOWED_TYPES`."""
+    unexpected = sorted(skops_types(data, where) - ALLOWED_TYPES)
+    if unexpected:
+        raise ArtifactError(
+            f"{where} contains types outside ccfraud.artifacts.ALLOWED_TYPES: {', '.join(unexpected)}; "
+            "refusing to build anything from it (a model of ours never contains them; if a new candidate "
+            "needs them, review them and add them to the list)"
+        )
+
+
+def load_model(model_dir: Path, *, origin: str | None = None) -> LoadedModel:
+    """Load a model saved by :func:`save_model`, refusing anything that does not verify.
+
+    In order: the checksum, features and library versions, then the types the file
+    would build. Only a file that passes all of them is built, from the very bytes that
+    were checked. ``origin`` names where a downloaded copy came from (an S3 prefix) in
+    the type message, instead of the temporary directory.
+    """
     import skops.io as sio
 
+    model_dir = Path(model_dir)
+    base = origin.rstrip("/") + "/" if origin else f"{model_dir}/"
     metadata = read_metadata(model_dir)
     path = verify(model_dir, metadata)
-    # The checksum above proves these are the bytes we wrote, so their types are trusted.
-    trusted = sio.get_untrusted_types(file=path)
-    return LoadedModel(sio.load(path, trusted=trusted), metadata)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != metadata.get("sha256"):  # replaced since verify() read it
+        raise _checksum_error(path, metadata.get("sha256"), actual)
+    check_types(data, base + path.name)
+    return LoadedModel(sio.loads(data, trusted=sorted(ALLOWED_TYPES)), metadata)

@@ -2,8 +2,9 @@
 
 An S3 model is downloaded (``model.json``, then the model file it names) into a
 temporary directory, verified and loaded by :func:`ccfraud.artifacts.load_model`
-exactly like a local one, and the temporary copy is removed: the process keeps
-the model in memory, so nothing stale is left on disk for a later start to trust.
+exactly like a local one (checksum, allowed types), and the temporary copy is removed:
+the process keeps the model in memory, so nothing stale is left on disk for a later
+start to trust.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ def is_s3(location: str) -> bool:
     return location.lower().startswith(s3.SCHEME)
 
 
-def _download_model(location: str, dest: Path) -> None:
-    """Fetch model.json, then the model file it names, from the S3 prefix ``location``."""
+def _base_uri(location: str) -> str:
+    """``s3://bucket/prefix/`` for a location given with or without the trailing slash."""
     bucket, prefix = s3.parse_s3_uri(location, require_key=False)
     prefix = prefix.rstrip("/")
-    base = f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
+    return f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
+
+
+def _download_model(location: str, dest: Path) -> None:
+    """Fetch model.json, then the model file it names, from the S3 prefix ``location``."""
+    base = _base_uri(location)
     s3.download(base + artifacts.METADATA_FILE, dest / artifacts.METADATA_FILE, progress=False)
     model_file = artifacts.read_metadata(dest).get("model_file", artifacts.MODEL_FILE)
     if Path(model_file).name != model_file:
@@ -37,13 +43,14 @@ def _download_model(location: str, dest: Path) -> None:
 def load(location: str) -> artifacts.LoadedModel:
     """The verified model at ``location`` (a model directory, or an S3 prefix holding one).
 
-    Raises ArtifactError (missing, tampered or incompatible model) or S3Error (cannot
-    download); both messages say where, and neither contains credentials.
+    Raises ArtifactError (missing, tampered or incompatible model, or one holding types
+    outside the allowlist) or S3Error (cannot download); both messages say where, and
+    neither contains credentials.
     """
     if not is_s3(location):
         return artifacts.load_model(Path(location))
     with tempfile.TemporaryDirectory(prefix="ccfraud-model-") as tmp:
         _download_model(location, Path(tmp))
-        loaded = artifacts.load_model(Path(tmp))
+        loaded = artifacts.load_model(Path(tmp), origin=_base_uri(location))
     log.info("downloaded and verified model %s from %s", loaded.version, location)
     return loaded
