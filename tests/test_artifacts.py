@@ -1,8 +1,10 @@
-"""A model artifact carries its metadata and refuses to load when tampered with or holding
-any type our pipelines do not contain."""
+"""A model artifact carries its metadata and refuses to load when tampered with, signed by
+another key, or holding any type our pipelines do not contain."""
 
 import copy
 import json
+import logging
+from http import HTTPStatus
 
 import numpy as np
 import pytest
@@ -12,13 +14,24 @@ from sklearn.pipeline import Pipeline as SklearnPipeline
 
 from ccfraud import artifacts, modeling, preprocess, schema, synthetic
 
+KEY = "test-signing-key-" + "0123456789abcdef" * 3
+OTHER_KEY = "another-signing-key-" + "fedcba9876543210" * 3
+
+
+@pytest.fixture(autouse=True)
+def no_signing_key(monkeypatch):
+    """Each test starts without a key (whatever the developer's shell holds) and sets one if it needs it."""
+    monkeypatch.delenv(artifacts.SIGNING_KEY_ENV, raising=False)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     data = synthetic.generate(rows=3000, frauds=60, seed=4)
     model = modeling.make_pipeline("logreg", "class_weight").fit(data, data[schema.TARGET])
     out = tmp_path_factory.mktemp("model")
-    meta = artifacts.save_model(model, out, threshold=0.3, extra={"metrics": {"test": {"auprc": 0.5}}})
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv(artifacts.SIGNING_KEY_ENV, raising=False)
+        meta = artifacts.save_model(model, out, threshold=0.3, extra={"metrics": {"test": {"auprc": 0.5}}})
     return model, out, meta, data
 
 
@@ -102,12 +115,14 @@ def candidate_models(tmp_path_factory):
     """One saved model of every candidate family with every sampler the code knows."""
     data = synthetic.generate(rows=2000, frauds=40, seed=3)
     saved = {}
-    for model_name, sampler in CANDIDATES:
-        model = modeling.make_pipeline(model_name, sampler, sampling_ratio=0.2, **SMALL.get(model_name, {}))
-        model.fit(data[schema.FEATURES], data[schema.TARGET])
-        out = tmp_path_factory.mktemp(f"{model_name}-{sampler}")
-        artifacts.save_model(model, out, threshold=0.5)
-        saved[model_name, sampler] = (model, out)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv(artifacts.SIGNING_KEY_ENV, raising=False)
+        for model_name, sampler in CANDIDATES:
+            model = modeling.make_pipeline(model_name, sampler, sampling_ratio=0.2, **SMALL.get(model_name, {}))
+            model.fit(data[schema.FEATURES], data[schema.TARGET])
+            out = tmp_path_factory.mktemp(f"{model_name}-{sampler}")
+            artifacts.save_model(model, out, threshold=0.5)
+            saved[model_name, sampler] = (model, out)
     return saved, data
 
 
@@ -167,8 +182,9 @@ def test_a_file_with_a_foreign_type_is_refused_before_anything_is_built(trained,
     assert len(Canary.built) == 1
 
 
-def test_a_type_skops_trusts_is_still_refused_when_it_is_not_ours(tmp_path):
-    """skops trusts every scikit-learn estimator by default; a file carrying one we never train is refused."""
+def test_a_type_skops_trusts_is_still_refused_when_it_is_not_ours(monkeypatch, tmp_path):
+    """skops trusts every scikit-learn estimator by default; a signed file carrying one we never train is refused."""
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
     data = synthetic.generate(rows=1000, frauds=30, seed=6)
     # sklearn's Pipeline, not imblearn's: outside the list too.
     steps = [("preprocess", preprocess.make_preprocessor()), ("model", GaussianNB())]
@@ -190,3 +206,151 @@ def test_a_model_file_skops_cannot_read_is_refused_by_name(trained, tmp_path):
     (target / artifacts.METADATA_FILE).write_text(json.dumps(meta))
     with pytest.raises(artifacts.ArtifactError, match=r"model\.skops: not a readable skops file \(BadZipFile"):
         artifacts.load_model(target)
+
+
+# --- signatures --------------------------------------------------------------------------------
+
+def save_signed(model, out, key=KEY):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(artifacts.SIGNING_KEY_ENV, key)
+        return artifacts.save_model(model, out, threshold=0.3)
+
+
+def test_without_a_key_the_model_is_saved_unsigned(trained):
+    _, out, _, _ = trained
+    assert artifacts.SIGNATURE_FIELD not in json.loads((out / artifacts.METADATA_FILE).read_text())
+
+
+def test_a_signed_model_loads_with_its_key(trained, tmp_path, monkeypatch, caplog):
+    model, _, _, data = trained
+    meta = save_signed(model, tmp_path)
+    assert meta[artifacts.SIGNATURE_FIELD]["algorithm"] == "hmac-sha256"
+    assert json.loads((tmp_path / artifacts.METADATA_FILE).read_text()) == meta
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with caplog.at_level(logging.DEBUG):
+        loaded = artifacts.load_model(tmp_path)
+    np.testing.assert_array_equal(modeling.fraud_probability(loaded.model, data),
+                                  modeling.fraud_probability(model, data))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert KEY not in caplog.text and KEY not in (tmp_path / artifacts.METADATA_FILE).read_text()
+
+
+def test_the_signature_survives_rewriting_the_json_but_not_a_changed_value(trained, tmp_path, monkeypatch):
+    model, _, _, _ = trained
+    meta = save_signed(model, tmp_path)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    path = tmp_path / artifacts.METADATA_FILE
+    path.write_text(json.dumps(dict(reversed(list(meta.items())))))  # other key order, no indentation
+    artifacts.load_model(tmp_path)
+    path.write_text(json.dumps({**meta, "threshold": 0.01}, indent=2))
+    with pytest.raises(artifacts.ArtifactError) as error:
+        artifacts.load_model(tmp_path)
+    assert str(error.value) == (f"{path}: signature does not match {artifacts.SIGNING_KEY_ENV} (the metadata "
+                                "was changed after signing, or another key signed it)")
+
+
+def test_a_tampered_model_and_metadata_pair_is_refused(trained, tmp_path, monkeypatch):
+    """A writer of the folder can replace both files consistently; only the key can sign the result."""
+    model, _, _, data = trained
+    save_signed(model, tmp_path)
+    signature = json.loads((tmp_path / artifacts.METADATA_FILE).read_text())[artifacts.SIGNATURE_FIELD]
+    other = modeling.make_pipeline("logreg", "none").fit(data, data[schema.TARGET])
+    meta = artifacts.save_model(other, tmp_path, threshold=0.3)  # no key: consistent but unsigned
+    (tmp_path / artifacts.METADATA_FILE).write_text(json.dumps({**meta, artifacts.SIGNATURE_FIELD: signature}))
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(artifacts.ArtifactError, match="signature does not match"):
+        artifacts.load_model(tmp_path)
+
+
+def test_a_model_signed_with_another_key_is_refused(trained, tmp_path, monkeypatch):
+    model, _, _, _ = trained
+    save_signed(model, tmp_path, key=OTHER_KEY)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(artifacts.ArtifactError, match="signature does not match") as error:
+        artifacts.load_model(tmp_path)
+    assert KEY not in str(error.value) and OTHER_KEY not in str(error.value)
+
+
+def test_an_unsigned_model_is_refused_when_a_key_is_set(trained, monkeypatch):
+    _, out, _, _ = trained
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(artifacts.ArtifactError) as error:
+        artifacts.load_model(out)
+    assert str(error.value).startswith(f"{out / artifacts.METADATA_FILE} is not signed, but "
+                                       f"{artifacts.SIGNING_KEY_ENV} is set")
+
+
+@pytest.mark.parametrize("signature", ["deadbeef", {"algorithm": "md5", "hmac": "00"}, {"algorithm": "hmac-sha256"},
+                                       {"algorithm": "hmac-sha256", "hmac": "\u00e9" * 64}])
+def test_a_malformed_signature_is_refused(trained, tmp_path, monkeypatch, signature):
+    model, _, _, _ = trained
+    meta = save_signed(model, tmp_path)
+    (tmp_path / artifacts.METADATA_FILE).write_text(json.dumps({**meta, artifacts.SIGNATURE_FIELD: signature}))
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(artifacts.ArtifactError, match="malformed signature field|signature does not match"):
+        artifacts.load_model(tmp_path)
+
+
+def test_without_a_key_loading_warns_once_that_nothing_was_checked(trained, tmp_path, caplog):
+    model, out, _, _ = trained
+    with caplog.at_level(logging.WARNING, logger="ccfraud.artifacts"):
+        artifacts.load_model(out)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{out / artifacts.METADATA_FILE} is unsigned and {artifacts.SIGNING_KEY_ENV} is not set: "
+        "loading it without a signature check"]
+    save_signed(model, tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ccfraud.artifacts"):
+        artifacts.load_model(tmp_path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / artifacts.METADATA_FILE} is signed but {artifacts.SIGNING_KEY_ENV} is not set: "
+        "the signature was not checked"]
+
+
+def test_a_short_key_is_refused_without_showing_it(trained, monkeypatch):
+    _, out, _, _ = trained
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, "hunter2")
+    with pytest.raises(artifacts.ArtifactError, match=f"{artifacts.SIGNING_KEY_ENV} is shorter than 32") as error:
+        artifacts.load_model(out)
+    assert "hunter2" not in str(error.value)
+
+
+def test_an_empty_key_counts_as_no_key(trained, monkeypatch):
+    """What CI gives a workflow whose secret is unavailable: the pipeline runs on, unsigned."""
+    _, out, _, _ = trained
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, "")
+    assert artifacts.signing_key() is None
+    artifacts.load_model(out)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("other key", "signature does not match"),
+    ("unsigned", "is not signed"),
+])
+def test_the_server_does_not_become_ready_with_a_bad_signature(trained, tmp_path, monkeypatch, caplog, case, expected):
+    from ccfraud.serving import create_app
+
+    model, out, _, _ = trained
+    model_dir = out if case == "unsigned" else tmp_path
+    if case == "other key":
+        save_signed(model, tmp_path, key=OTHER_KEY)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with caplog.at_level(logging.DEBUG):
+        client = create_app(str(model_dir)).test_client()
+    assert client.get("/health").status_code == HTTPStatus.OK
+    response = client.get("/ready")
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    message = response.get_json()["error"]["message"]
+    assert expected in message and str(model_dir / artifacts.METADATA_FILE) in message
+    assert KEY not in response.get_data(as_text=True) and KEY not in caplog.text and OTHER_KEY not in caplog.text
+
+
+def test_the_server_serves_a_model_signed_with_its_key(trained, tmp_path, monkeypatch):
+    from ccfraud.serving import create_app
+
+    model, _, _, _ = trained
+    meta = save_signed(model, tmp_path)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    response = create_app(str(tmp_path)).test_client().get("/ready")
+    assert response.status_code == HTTPStatus.OK
+    assert response.get_json() == {"status": "ready", "model_version": meta["model_version"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import uuid
 from http import HTTPStatus
@@ -14,15 +15,30 @@ import pytest
 from ccfraud import artifacts, cli, modeling, s3, schema, synthetic
 from ccfraud.publish import PublishError, publish_model, version_uri
 from ccfraud.s3_server import LocalS3Server
+from ccfraud.serving import model_source
 
 pytestmark = pytest.mark.s3
 
+KEY = "publish-test-key-" + "0123456789abcdef" * 3
+OTHER_KEY = "another-publish-key-" + "fedcba9876543210" * 3
 
-def train_model(out_dir: Path, *, seed: int) -> Path:
-    """A small real model (seconds to train), saved with its metadata like the train stage does."""
+
+@pytest.fixture(autouse=True)
+def no_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts without a key (whatever the developer's shell holds) and sets one if it needs it."""
+    monkeypatch.delenv(artifacts.SIGNING_KEY_ENV, raising=False)
+
+
+def train_model(out_dir: Path, *, seed: int, key: str | None = None) -> Path:
+    """A small real model (seconds to train), saved like the train stage does (signed when ``key`` is given)."""
     data = synthetic.generate(rows=3000, frauds=60, seed=seed)
     model = modeling.make_pipeline("logreg", "class_weight").fit(data[schema.FEATURES], data[schema.TARGET])
-    artifacts.save_model(model, out_dir, threshold=0.5)
+    with pytest.MonkeyPatch.context() as env:
+        if key is None:
+            env.delenv(artifacts.SIGNING_KEY_ENV, raising=False)
+        else:
+            env.setenv(artifacts.SIGNING_KEY_ENV, key)
+        artifacts.save_model(model, out_dir, threshold=0.5)
     return out_dir
 
 
@@ -192,3 +208,96 @@ def test_a_published_model_is_served(model_dir: Path, prefix: str):
     served = [p["fraud_probability"] for p in response.get_json()["predictions"]]
     expected = modeling.fraud_probability(artifacts.load_model(model_dir).model, rows.head(20)[schema.FEATURES])
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-12)
+
+
+# --- signed models -----------------------------------------------------------------------------
+
+def test_with_a_key_an_unsigned_model_is_published_signed_and_served(model_dir: Path, prefix: str,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    from ccfraud.serving import create_app
+
+    local = (model_dir / artifacts.METADATA_FILE).read_bytes()
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    uri = publish_model(model_dir, prefix)
+    assert (model_dir / artifacts.METADATA_FILE).read_bytes() == local  # a DVC output: left as it was
+    assert published_keys(uri) == [uri + artifacts.METADATA_FILE, uri + artifacts.MODEL_FILE]
+    version = metadata_of(model_dir)["model_version"]
+    loaded = model_source.load(uri)
+    assert loaded.version == version and loaded.metadata[artifacts.SIGNATURE_FIELD]["algorithm"] == "hmac-sha256"
+    assert create_app(uri).test_client().get("/ready").get_json() == {"status": "ready", "model_version": version}
+    assert publish_model(model_dir, prefix) == uri  # already published, signed: nothing to do
+
+
+def test_a_model_signed_at_training_is_published_as_it_is(tmp_path: Path, prefix: str,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    model_dir = train_model(tmp_path / "signed", seed=0, key=KEY)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    uri = publish_model(model_dir, prefix)
+    back = download_published(uri, tmp_path / "back")
+    assert (back / artifacts.METADATA_FILE).read_bytes() == (model_dir / artifacts.METADATA_FILE).read_bytes()
+
+
+def test_the_server_refuses_a_published_model_signed_with_another_key(model_dir: Path, prefix: str,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture):
+    from ccfraud.serving import create_app
+
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, OTHER_KEY)
+    uri = publish_model(model_dir, prefix)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(artifacts.ArtifactError) as error:
+        model_source.load(uri)
+    assert str(error.value).startswith(f"{uri}{artifacts.METADATA_FILE}: signature does not match")
+    with caplog.at_level(logging.DEBUG):
+        response = create_app(uri).test_client().get("/ready")
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    assert "signature does not match" in response.get_json()["error"]["message"]
+    for key in (KEY, OTHER_KEY):
+        assert key not in response.get_data(as_text=True) and key not in caplog.text
+
+
+def test_the_server_refuses_an_unsigned_published_model_when_it_has_a_key(model_dir: Path, prefix: str,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    uri = publish_model(model_dir, prefix)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(artifacts.ArtifactError, match=f"{uri}{artifacts.METADATA_FILE} is not signed"):
+        model_source.load(uri)
+
+
+def test_a_local_model_signed_with_another_key_is_never_published(tmp_path: Path, prefix: str,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    model_dir = train_model(tmp_path / "signed", seed=0, key=OTHER_KEY)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(artifacts.ArtifactError, match="signature does not match"):
+        publish_model(model_dir, prefix)
+    assert published_keys(prefix) == []
+
+
+def test_an_unsigned_published_copy_is_not_taken_for_a_signed_one(model_dir: Path, prefix: str,
+                                                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    uri = publish_model(model_dir, prefix)
+    before = (download_published(uri, tmp_path / "before") / artifacts.METADATA_FILE).read_bytes()
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(PublishError, match=f"{uri} already holds this model, but .* is not signed"):
+        publish_model(model_dir, prefix)
+    assert (download_published(uri, tmp_path / "after") / artifacts.METADATA_FILE).read_bytes() == before
+
+
+def test_an_interrupted_signed_publish_is_completed_signed(model_dir: Path, prefix: str,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    target = version_uri(prefix, metadata_of(model_dir)["model_version"])
+    s3.upload(model_dir / artifacts.MODEL_FILE, target + artifacts.MODEL_FILE, progress=False)
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    with pytest.raises(s3.S3Error, match=r"no object with key '.*/model\.json'"):
+        model_source.load(target)  # the model file alone is not a model
+    assert publish_model(model_dir, prefix) == target
+    assert model_source.load(target).metadata[artifacts.SIGNATURE_FIELD]["algorithm"] == "hmac-sha256"
+
+
+def test_publishing_without_a_key_warns_that_the_model_is_unsigned(model_dir: Path, prefix: str,
+                                                                  caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING, logger="ccfraud.publish"):
+        publish_model(model_dir, prefix)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"publishing an unsigned model ({artifacts.SIGNING_KEY_ENV} is not set): "
+        "servers with a signing key will refuse it"]

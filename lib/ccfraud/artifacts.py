@@ -5,22 +5,28 @@ tuned for or which library versions can read it. The JSON next to it does, and
 loading refuses a file whose checksum or library versions do not match.
 
 The checksum only proves that the model file matches ``model.json``; whoever can
-write one can write the other. So what a loaded file may build is decided here, not
-by the file:
+write one can write the other. Two further checks decide what a loaded file may be:
 
 * **Types.** A skops file names the types it builds. Loading builds only the types in
   :data:`ALLOWED_TYPES` (what our candidate pipelines contain) and refuses any other
   file before constructing anything. Trusting whatever a file lists would give skops
   pickle's trust model back: ``sklearn.tree._tree.Tree``, for one, is untrusted by
   skops because a crafted tree crashes the process when it first scores.
+* **Signature.** With a key in ``CCFRAUD_MODEL_SIGNING_KEY``, :func:`save_model` signs
+  ``model.json`` (HMAC-SHA256; it holds the model file's sha256, so the signature
+  covers the model too) and :func:`load_model` refuses a model that is unsigned or
+  signed with another key. Only a holder of the key can make a model this code loads,
+  however the directory or S3 prefix was written. Without a key, loading warns.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import io
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -35,6 +41,8 @@ import pandas as pd
 
 from ccfraud import atomicio, schema
 from ccfraud.checksums import file_sha256  # also imported from here by ccfraud.publish
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.skops"
 METADATA_FILE = "model.json"
@@ -92,6 +100,16 @@ ALLOWED_TYPES: frozenset[str] = frozenset({
     "numpy.uint64",
 })
 
+#: The environment variable holding the model-signing key (never params.yaml or a file in the repo).
+SIGNING_KEY_ENV = "CCFRAUD_MODEL_SIGNING_KEY"
+#: Shortest key accepted: an HMAC key anyone can guess signs nothing.
+MIN_KEY_CHARACTERS = 32
+#: The model.json field holding the signature; the signature covers every other field.
+SIGNATURE_FIELD = "signature"
+SIGNATURE_ALGORITHM = "hmac-sha256"
+#: Prefixed to the signed bytes so this signature can never be mistaken for another use of the key.
+_SIGNATURE_CONTEXT = b"ccfraud model.json v1\n"
+
 
 class ArtifactError(RuntimeError):
     """A model artifact is missing, tampered with or incompatible; the message says which."""
@@ -129,16 +147,82 @@ def git_revision(cwd: Path | None = None) -> str:
     return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def signing_key() -> bytes | None:
+    """The model-signing key from ``CCFRAUD_MODEL_SIGNING_KEY``, or None when it is unset or empty.
+
+    Empty counts as unset because that is what CI gives a workflow whose secret is not
+    available (a fork's pull request). A key that is set but short is an error, not a
+    weak signature. Messages name the variable, never its value.
+    """
+    value = os.environ.get(SIGNING_KEY_ENV, "").strip()
+    if not value:
+        return None
+    if len(value) < MIN_KEY_CHARACTERS:
+        raise ArtifactError(
+            f"{SIGNING_KEY_ENV} is shorter than {MIN_KEY_CHARACTERS} characters; use a random key, e.g. "
+            "python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return value.encode()
+
+
+def _as_json(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` as a reader of model.json will see it (tuples as lists, other objects as strings)."""
+    return json.loads(json.dumps(metadata, default=str))
+
+
+def metadata_signature(metadata: dict[str, Any], key: bytes) -> str:
+    """HMAC-SHA256 (hex) of model.json's canonical form: every field except the signature.
+
+    Canonical means sorted keys, no whitespace, ASCII only, so any writer that keeps the
+    same values keeps the same signature, and any changed value (threshold, features,
+    the model's sha256) breaks it.
+    """
+    unsigned = {name: value for name, value in metadata.items() if name != SIGNATURE_FIELD}
+    canonical = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hmac.new(key, _SIGNATURE_CONTEXT + canonical.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def sign_metadata(metadata: dict[str, Any], key: bytes) -> dict[str, Any]:
+    """A copy of ``metadata`` (in its JSON form) carrying its signature under ``key``."""
+    document = _as_json(metadata)
+    document.pop(SIGNATURE_FIELD, None)
+    document[SIGNATURE_FIELD] = {"algorithm": SIGNATURE_ALGORITHM, "hmac": metadata_signature(document, key)}
+    return document
+
+
+def check_signature(metadata: dict[str, Any], key: bytes, where: str | os.PathLike[str]) -> None:
+    """Raise ArtifactError unless ``metadata`` (read from ``where``) is signed with ``key``.
+
+    Says whether the signature is missing, malformed or wrong; a wrong one means the
+    metadata changed after signing or another key signed it, which look the same.
+    """
+    signature = metadata.get(SIGNATURE_FIELD)
+    if signature is None:
+        raise ArtifactError(f"{where} is not signed, but {SIGNING_KEY_ENV} is set: only a model signed with "
+                            "that key is accepted (save or publish it with the key set)")
+    if not isinstance(signature, dict) or signature.get("algorithm") != SIGNATURE_ALGORITHM \
+            or not isinstance(signature.get("hmac"), str):
+        raise ArtifactError(f"{where}: malformed signature field {SIGNATURE_FIELD!r}; expected "
+                            f"{{\"algorithm\": \"{SIGNATURE_ALGORITHM}\", \"hmac\": \"<hex>\"}}")
+    # Bytes, not str: compare_digest refuses non-ASCII strings, and the field is the file's to choose.
+    if not hmac.compare_digest(signature["hmac"].encode(), metadata_signature(metadata, key).encode()):
+        raise ArtifactError(f"{where}: signature does not match {SIGNING_KEY_ENV} (the metadata was changed "
+                            "after signing, or another key signed it)")
+
+
 def save_model(model: Any, out_dir: Path, *, threshold: float, extra: dict[str, Any] | None = None) -> dict:
     """Write ``model.skops`` and ``model.json`` (checksum, features, threshold, versions, ...).
 
     ``extra`` carries what the training run knows: metrics, params, data checksums.
-    The JSON is written last, so a reader that finds it finds a complete model.
+    The JSON is written last, so a reader that finds it finds a complete model. With
+    ``CCFRAUD_MODEL_SIGNING_KEY`` set, ``model.json`` carries its signature; without it
+    the model is saved unsigned, as before. Returns the metadata as written.
     """
     import skops.io as sio
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    key = signing_key()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = sio.dumps(model)
@@ -156,8 +240,14 @@ def save_model(model: Any, out_dir: Path, *, threshold: float, extra: dict[str, 
         "git_revision": git_revision(out_dir),
         **(extra or {}),
     }
-    atomicio.write_bytes(out_dir / METADATA_FILE, (json.dumps(meta, indent=2, default=str) + "\n").encode())
+    meta = sign_metadata(meta, key) if key is not None else _as_json(meta)
+    atomicio.write_bytes(out_dir / METADATA_FILE, metadata_bytes(meta))
     return meta
+
+
+def metadata_bytes(metadata: dict[str, Any]) -> bytes:
+    """model.json's bytes as every writer (save, publish) writes them."""
+    return (json.dumps(metadata, indent=2) + "\n").encode()
 
 
 def read_metadata(model_dir: Path) -> dict:
@@ -271,19 +361,33 @@ def check_types(data: bytes, where: str | os.PathLike[str]) -> None:
         )
 
 
+def _check_signature_policy(metadata: dict, where: str | os.PathLike[str]) -> None:
+    """With a key, the signature must verify; without one, say once that nothing was checked."""
+    key = signing_key()
+    if key is not None:
+        check_signature(metadata, key, where)
+    elif SIGNATURE_FIELD in metadata:
+        log.warning("%s is signed but %s is not set: the signature was not checked", where, SIGNING_KEY_ENV)
+    else:
+        log.warning("%s is unsigned and %s is not set: loading it without a signature check",
+                    where, SIGNING_KEY_ENV)
+
+
 def load_model(model_dir: Path, *, origin: str | None = None) -> LoadedModel:
     """Load a model saved by :func:`save_model`, refusing anything that does not verify.
 
-    In order: the checksum, features and library versions, then the types the file
-    would build. Only a file that passes all of them is built, from the very bytes that
-    were checked. ``origin`` names where a downloaded copy came from (an S3 prefix) in
-    the type message, instead of the temporary directory.
+    In order: the signature (when ``CCFRAUD_MODEL_SIGNING_KEY`` is set), the checksum,
+    features and library versions, then the types the file would build. Only a file
+    that passes all of them is built, from the very bytes that were checked.
+    ``origin`` names where a downloaded copy came from (an S3 prefix) in signature and
+    type messages, instead of the temporary directory.
     """
     import skops.io as sio
 
     model_dir = Path(model_dir)
     base = origin.rstrip("/") + "/" if origin else f"{model_dir}/"
     metadata = read_metadata(model_dir)
+    _check_signature_policy(metadata, base + METADATA_FILE)
     path = verify(model_dir, metadata)
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()

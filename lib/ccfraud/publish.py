@@ -7,6 +7,12 @@ so a version URI must always mean the same bytes. Hence:
   :func:`ccfraud.artifacts.load_model` does): a tampered or incompatible model is never published;
 * the model file is uploaded first and ``model.json`` last: S3 makes each object visible
   only once it is complete, so a reader that finds the metadata finds the model it describes;
+* with ``CCFRAUD_MODEL_SIGNING_KEY`` set, the uploaded ``model.json`` is signed: a local
+  model signed with the key is uploaded as it is, an unsigned one is signed on the way (the
+  local file is left alone: it is a DVC output), one signed with another key is refused.
+  The signature is a field of ``model.json``, so it arrives with the last upload and an
+  interrupted publish never leaves a loadable unsigned model. Without a key the model is
+  published as it is, with a warning that servers holding a key will refuse it;
 * nothing is overwritten: a folder already holding a different model (other bytes, or the
   same bytes with another threshold or feature list) is an error. A folder holding this very
   model is success, so publishing twice is harmless, and a folder holding only this model's
@@ -50,14 +56,18 @@ def version_uri(uri_prefix: str, version: str) -> str:
 def publish_model(model_dir: str | os.PathLike[str], uri_prefix: str, *, endpoint_url: str | None = None) -> str:
     """Upload the verified model in ``model_dir`` to ``<uri_prefix>/<model_version>/`` and return that URI.
 
-    Raises ArtifactError when the local model does not verify (nothing is uploaded),
-    PublishError when the version folder already holds something else, and S3Error when
+    Raises ArtifactError when the local model does not verify or is signed with another
+    key than ``CCFRAUD_MODEL_SIGNING_KEY`` (nothing is uploaded), PublishError when the
+    version folder already holds something else (or, with a key, an unsigned or wrongly
+    signed copy of this model), and S3Error when
     S3 fails (wrong bucket, credentials, endpoint); every message names the location.
     ``endpoint_url`` is for S3-compatible servers; by default boto3 reads ``AWS_ENDPOINT_URL``.
     """
     model_dir = Path(model_dir)
     metadata = artifacts.read_metadata(model_dir)
     model_path = artifacts.verify(model_dir, metadata)
+    key = artifacts.signing_key()
+    upload_metadata = _metadata_to_upload(model_dir, metadata, key)
     version = _checked_version(metadata, model_dir)
     if model_path.name != metadata.get("model_file", artifacts.MODEL_FILE):
         raise artifacts.ArtifactError(
@@ -78,7 +88,7 @@ def publish_model(model_dir: str | os.PathLike[str], uri_prefix: str, *, endpoin
         )
     if metadata_uri in existing:
         _check_published(target, metadata, model_uri, metadata_uri, has_model=model_uri in existing,
-                         endpoint_url=endpoint_url)
+                         key=key, endpoint_url=endpoint_url)
         log.info("model %s is already published at %s; nothing to upload", version, target)
         return target
     if model_uri in existing:
@@ -87,9 +97,30 @@ def publish_model(model_dir: str | os.PathLike[str], uri_prefix: str, *, endpoin
         log.info("completing an interrupted publish of model %s at %s", version, target)
     else:
         s3.upload(model_path, model_uri, endpoint_url=endpoint_url)
-    s3.upload(model_dir / artifacts.METADATA_FILE, metadata_uri, endpoint_url=endpoint_url)
+    if upload_metadata is None:
+        s3.upload(model_dir / artifacts.METADATA_FILE, metadata_uri, endpoint_url=endpoint_url)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ccfraud-publish-") as tmp:
+            signed = Path(tmp) / artifacts.METADATA_FILE
+            signed.write_bytes(artifacts.metadata_bytes(upload_metadata))
+            s3.upload(signed, metadata_uri, endpoint_url=endpoint_url)
     log.info("published model %s to %s", version, target)
     return target
+
+
+def _metadata_to_upload(model_dir: Path, metadata: dict[str, Any], key: bytes | None) -> dict[str, Any] | None:
+    """The signed metadata to upload instead of the local model.json, or None to upload that file as it is."""
+    where = model_dir / artifacts.METADATA_FILE
+    if key is None:
+        if artifacts.SIGNATURE_FIELD not in metadata:
+            log.warning("publishing an unsigned model (%s is not set): servers with a signing key will refuse it",
+                        artifacts.SIGNING_KEY_ENV)
+        return None
+    if artifacts.SIGNATURE_FIELD in metadata:
+        artifacts.check_signature(metadata, key, where)  # another key, or edited after signing: refuse
+        return None
+    log.info("signing %s for publication with %s", where, artifacts.SIGNING_KEY_ENV)
+    return artifacts.sign_metadata(metadata, key)
 
 
 def _checked_version(metadata: dict[str, Any], model_dir: Path) -> str:
@@ -103,8 +134,9 @@ def _checked_version(metadata: dict[str, Any], model_dir: Path) -> str:
 
 
 def _check_published(target: str, metadata: dict[str, Any], model_uri: str, metadata_uri: str, *,
-                     has_model: bool, endpoint_url: str | None) -> None:
-    """Succeed only if the folder already holds exactly this model (same identity, intact file)."""
+                     has_model: bool, key: bytes | None, endpoint_url: str | None) -> None:
+    """Succeed only if the folder already holds exactly this model: same identity, intact file and,
+    with a key, a valid signature (a copy the servers would refuse is not "already published")."""
     with tempfile.TemporaryDirectory(prefix="ccfraud-publish-") as tmp:
         s3.download(metadata_uri, Path(tmp) / artifacts.METADATA_FILE, endpoint_url=endpoint_url, progress=False)
         remote = artifacts.read_metadata(Path(tmp))
@@ -115,6 +147,14 @@ def _check_published(target: str, metadata: dict[str, Any], model_uri: str, meta
             f"{target} already holds a different model {metadata.get('model_version')} "
             f"({'; '.join(differences)}); refusing to overwrite a published version"
         )
+    if key is not None:
+        try:
+            artifacts.check_signature(remote, key, metadata_uri)
+        except artifacts.ArtifactError as error:
+            raise PublishError(
+                f"{target} already holds this model, but {error}; servers with this key would refuse it. "
+                "Refusing to overwrite a published version: remove the folder and publish again"
+            ) from None
     if not has_model:
         raise PublishError(
             f"{metadata_uri} exists but {model_uri} does not: the published version is damaged; "

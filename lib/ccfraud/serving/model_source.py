@@ -2,9 +2,10 @@
 
 An S3 model is downloaded (``model.json``, then the model file it names) into a
 temporary directory, verified and loaded by :func:`ccfraud.artifacts.load_model`
-exactly like a local one (checksum, allowed types), and the temporary copy is removed:
-the process keeps the model in memory, so nothing stale is left on disk for a later
-start to trust.
+exactly like a local one (signature, checksum, allowed types), and the temporary copy
+is removed: the process keeps the model in memory, so nothing stale is left on disk
+for a later start to trust. Whoever can write the prefix can replace both files, so
+with ``CCFRAUD_MODEL_SIGNING_KEY`` set only a model signed with that key is served.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def _download_model(location: str, dest: Path) -> None:
 def load(location: str) -> artifacts.LoadedModel:
     """The verified model at ``location`` (a model directory, or an S3 prefix holding one).
 
-    Raises ArtifactError (missing, tampered or incompatible model, or one holding types
-    outside the allowlist) or S3Error (cannot download); both messages say where, and
-    neither contains credentials.
+    Raises ArtifactError (missing, tampered, unsigned or wrongly signed, incompatible, or
+    holding types outside the allowlist) or S3Error (cannot download); both messages say
+    where, and neither contains credentials or the signing key.
     """
     if not is_s3(location):
         return artifacts.load_model(Path(location))
