@@ -168,6 +168,15 @@ def test_csv_errors_name_the_rows_of_the_file_and_commit_nothing(case: str, tmp_
     assert_unchanged(earlier)
 
 
+def test_a_failed_first_download_leaves_no_directory(tmp_path: Path, frame: pd.DataFrame,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 64 * 1024)  # parts are written before the bad row is read
+    source = write_csv(tmp_path / "in" / "d.csv", with_cell(frame, 2500, "V1", "x"))
+    with pytest.raises(SchemaError, match=r"column 'V1': .*first at row 2500"):
+        ingest.download(source, tmp_path / "raw", partition_rows=1000)
+    assert not (tmp_path / "raw").exists()
+
+
 def test_a_ragged_csv_line_is_named_by_its_line_number(tmp_path: Path, earlier: str, frame: pd.DataFrame):
     source = write_csv(tmp_path / "d.csv", frame.head(50))
     with source.open("a") as handle:

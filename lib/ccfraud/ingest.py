@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -129,7 +129,12 @@ class RawDatasetSummary:
 
 
 class Progress:
-    """Periodic lines on stderr (shown in the executed notebook and on a console): step, i of n, elapsed."""
+    """Periodic lines naming the step, i of n and the time elapsed, in the notebook and on the console.
+
+    The lines go to the process's original stderr (``sys.__stderr__``): in a papermill
+    kernel, ``sys.stderr`` reaches only the notebook, while the original stream is both
+    captured into the notebook and echoed to the console running ``dvc repro``.
+    """
 
     def __init__(self, step: str, total: int | None = None, *, every: float = PROGRESS_SECONDS) -> None:
         self.step = step
@@ -150,10 +155,16 @@ class Progress:
             self._last = now
             of = f" of {self.total}" if self.total is not None else ""
             extra = f", {note}" if note else ""
-            line = f"[download] {self.step}: part {self.done}{of} done, {self.rows:,} rows{extra}, " \
-                   f"{now - self.started:.1f} s"
-            print(line, file=sys.stderr, flush=True)
-            log.info(line)
+            self.say(f"part {self.done}{of} done, {self.rows:,} rows{extra}")
+
+    def finish(self) -> None:
+        """Say how many parts and rows there were, and how long it took (for a stream of unknown length)."""
+        self.say(f"all {self.done} part(s) done, {self.rows:,} rows")
+
+    def say(self, text: str) -> None:
+        line = f"[download] {self.step}: {text}, {time.perf_counter() - self.started:.1f} s"
+        print(line, file=sys.__stderr__ or sys.stderr, flush=True)
+        log.info(line)
 
 
 # ---------------------------------------------------------------------------------------
@@ -544,6 +555,25 @@ def _commit(target: str, results: Iterable[tuple[lake.Part, PartitionSummary]], 
     return summary
 
 
+@contextmanager
+def uncommitted_run(target: str, options: dict[str, Any] | None) -> Iterator[str]:
+    """A fresh run id whose parts are removed if the block fails (Ctrl-C included) before it commits.
+
+    A local target directory that this run created is removed too when it is left empty,
+    so a failed first download leaves nothing at all behind.
+    """
+    existed = lake.is_remote(target) or Path(target).exists()
+    run_id = lake.new_run_id()
+    try:
+        yield run_id
+    except BaseException:
+        lake.discard_run(target, run_id, options)
+        if not existed:
+            with suppress(OSError):
+                os.rmdir(target)  # only if empty
+        raise
+
+
 def _check_partition_rows(partition_rows: int) -> int:
     if isinstance(partition_rows, bool) or not isinstance(partition_rows, int) or partition_rows < 1:
         raise ValueError(f"compute.partition_rows must be a positive whole number of rows, got {partition_rows!r}")
@@ -661,20 +691,17 @@ def _convert_csv(path: Path | None, target: str, *, where: str, md5: str | None,
         raise sources.SourceError(f"{where}: a CSV source must be a file")
     if engine == "dask":
         log.info("%s: a CSV file is converted on this machine as one stream, whatever the engine", where)
-    run_id = lake.new_run_id()
     progress = Progress(f"CSV {where}")
     size = max(path.stat().st_size, 1)
     results = []
-    try:
+    with uncommitted_run(target, options) as run_id:
         for index, chunk in enumerate(csv_chunks(path, where=where, partition_rows=partition_rows)):
             results.append(_write_validated(chunk.frame, target, lake.part_path(run_id, index), options,
                                             where=chunk.where, first_row=chunk.first_row))
             progress.advance(results[-1][1].rows, f"{min(1.0, chunk.bytes_read / size):.0%} of the file read")
+        progress.finish()
         return _commit(target, results, options=options, where=where,
                        describe=_describer(source=where, target=target, engine=engine, kind="csv", files=1, md5=md5))
-    except BaseException:
-        lake.discard_run(target, run_id, options)
-        raise
 
 
 def _convert_parquet(location: str, target: str, *, where: str, md5: str | None, engine: str,
@@ -685,18 +712,14 @@ def _convert_parquet(location: str, target: str, *, where: str, md5: str | None,
     source_options = _source_options(location, endpoint_url)
     files = parquet_files(location, source_options)
     log.info("%s: %d Parquet file(s)", where, len(files))
-    run_id = lake.new_run_id()
-    tasks: list[Task] = [(parquet_file_task, (file, source_options, index, target, run_id, partition_rows, options))
-                         for index, file in enumerate(files)]
-    try:
+    with uncommitted_run(target, options) as run_id:
+        tasks: list[Task] = [(parquet_file_task, (file, source_options, index, target, run_id, partition_rows,
+                                                  options)) for index, file in enumerate(files)]
         results = _execute(tasks, engine=engine, client=client, run_id=run_id,
                            progress=Progress(f"Parquet {where}", len(tasks)))
         return _commit(target, [item for result in results for item in result], options=options, where=where,
                        describe=_describer(source=where, target=target, engine=engine, kind="parquet",
                                            files=len(files), md5=md5))
-    except BaseException:
-        lake.discard_run(target, run_id, options)
-        raise
 
 
 def write_synthetic(source: str, target: str, *, engine: str = "dask", partition_rows: int = DEFAULT_PARTITION_ROWS,
@@ -716,15 +739,11 @@ def write_synthetic(source: str, target: str, *, engine: str = "dask", partition
         spec = synthetic.spec_from_uri(source)
     except ValueError as exc:
         raise sources.SourceError(f"{where}: {exc}") from None
-    run_id = lake.new_run_id()
-    tasks: list[Task] = [(synthetic_task, (spec, index, target, run_id, partition_rows, options, where))
-                         for index in range(spec.partitions)]
-    try:
+    with uncommitted_run(target, options) as run_id:
+        tasks: list[Task] = [(synthetic_task, (spec, index, target, run_id, partition_rows, options, where))
+                             for index in range(spec.partitions)]
         results = _execute(tasks, engine=engine, client=client, run_id=run_id,
                            progress=Progress(f"synthetic {where}", len(tasks)))
         return _commit(target, [item for result in results for item in result], options=options, where=where,
                        describe=_describer(source=where, target=target, engine=engine, kind="synthetic",
                                            files=0, md5=None))
-    except BaseException:
-        lake.discard_run(target, run_id, options)
-        raise
