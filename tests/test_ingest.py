@@ -275,6 +275,23 @@ def test_parquet_files_with_other_columns_or_no_files_are_refused(tmp_path: Path
     assert_unchanged(earlier)
 
 
+def test_csv_and_parquet_files_over_http_are_fetched_then_converted(tmp_path: Path, frame: pd.DataFrame):
+    from test_sources import serve_directory
+
+    root = tmp_path / "site"
+    write_csv(root / "creditcard.csv", frame)
+    frame.to_parquet(root / "creditcard.parquet", index=False)
+    with serve_directory(root) as base:
+        from_csv = ingest.download(f"{base}/creditcard.csv", tmp_path / "from-csv", partition_rows=2000)
+        from_parquet = ingest.download(f"{base}/creditcard.parquet", tmp_path / "from-parquet", partition_rows=2000)
+        with pytest.raises(SourceError, match=r"/missing.parquet: the server answered HTTP 404"):
+            ingest.download(f"{base}/missing.parquet", tmp_path / "nothing")
+    assert (from_csv.kind, from_csv.parts, from_parquet.kind, from_parquet.parts) == ("csv", 2, "parquet", 2)
+    for name in ("from-csv", "from-parquet"):
+        pd.testing.assert_frame_equal(lake.read_pandas(str(tmp_path / name)), frame, check_exact=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["from-csv", "from-parquet", "site"], "no temp file left"
+
+
 def test_a_lake_dataset_as_source_is_read_by_its_manifest(tmp_path: Path, earlier: str):
     stray = Path(earlier) / "run-stray" / "part-00000.parquet"  # uncommitted: not part of the dataset
     stray.parent.mkdir()

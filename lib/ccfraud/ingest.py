@@ -550,8 +550,15 @@ def _commit(target: str, results: Iterable[tuple[lake.Part, PartitionSummary]], 
     totals = combine([summary for _, summary in results])
     check_both_classes(totals["rows"], totals["frauds"], where=where)
     summary = describe(totals, parts)
-    lake.commit(target, parts, columns=schema.COLUMNS, options=options,
-                extra={"source": summary.source, "summary": summary.to_dict()})
+    try:
+        lake.commit(target, parts, columns=schema.COLUMNS, options=options,
+                    extra={"source": summary.source, "summary": summary.to_dict()})
+    except Exception as exc:
+        if isinstance(exc, lake.LakeError):
+            raise
+        endpoint = (options or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+        raise lake.LakeError(str(source_error(exc, f"{target.rstrip('/')}/{lake.MANIFEST}", endpoint,
+                                              action="commit"))) from exc
     return summary
 
 
@@ -632,10 +639,11 @@ def _local_copy(source: str, target: str, *, kind: str, expected_md5: str | None
                 where: str) -> Iterator[tuple[Path | None, str | None]]:
     """The source as a local file and its md5 for the block, or ``(None, None)`` for a source read in place.
 
-    A local file is read where it is. A remote CSV file, and a remote Parquet file whose md5
-    is to be checked, are fetched as :func:`ccfraud.sources.fetch_to` does (clear errors)
-    into a temporary directory beside the target, removed afterwards whatever happens.
-    Parquet directories and prefixes are read in place, by the tasks.
+    A local file is read where it is, and so is an S3 Parquet file with no md5 to check (by
+    a task on a worker). Other remote files (CSV; Parquet over HTTP, with its ~/.netrc login;
+    an S3 Parquet file whose md5 is to be checked) are fetched as :func:`ccfraud.sources.fetch_to`
+    does (clear errors) into a temporary directory beside the target, removed afterwards
+    whatever happens. Parquet directories and prefixes are read in place, by the tasks.
     """
     many = kind == "parquet" and (source.endswith("/") or (_scheme(source) in ("", "file")
                                                             and Path(sources.local_path(source)).is_dir()))
@@ -651,8 +659,8 @@ def _local_copy(source: str, target: str, *, kind: str, expected_md5: str | None
             raise sources.SourceError(f"{where}: local file {local} does not exist (resolved to {local.resolve()})")
         yield local, _verified_md5(local, expected_md5, where=where)
         return
-    if kind == "parquet" and expected_md5 is None:
-        yield None, None  # read in place, by a task
+    if kind == "parquet" and expected_md5 is None and _is_s3(source):
+        yield None, None  # read in place, by a task on a worker
         return
     parent = None if lake.is_remote(target) else Path(target).resolve().parent
     if parent is not None:
