@@ -80,6 +80,25 @@ def _cmd_publish_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from ccfraud.artifacts import ArtifactError
+    from ccfraud.batch import BatchError, score
+    from ccfraud.compute import ComputeError
+    from ccfraud.lake import LakeError
+    from ccfraud.s3 import S3Error
+    from ccfraud.schema import SchemaError
+
+    def progress(line: str) -> None:
+        print(f"[ccfraud] {line}", file=sys.stderr, flush=True)
+
+    try:
+        result = score(args.model, args.input, args.output, endpoint_url=args.endpoint_url, progress=progress)
+    except (ArtifactError, BatchError, ComputeError, LakeError, S3Error, SchemaError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(result.output)  # stdout holds only the committed dataset's location, for scripts
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccfraud", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--endpoint-url", default=None,
                          help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL or AWS)")
     publish.set_defaults(func=_cmd_publish_model)
+
+    scoring = commands.add_parser("score", help="score a CSV/Parquet dataset on the Dask cluster with the API's "
+                                  "scorer and commit the scores as a Parquet dataset (manifest last)")
+    scoring.add_argument("model", metavar="MODEL", help="model directory, or s3://bucket/models/<version>/")
+    scoring.add_argument("input", metavar="INPUT", help="CSV or Parquet file, a directory or s3:// prefix of them, "
+                         "or a dataset with a _manifest.json")
+    scoring.add_argument("output", metavar="OUTPUT", help="directory or s3:// prefix for the scores (replaced "
+                         "only when the new scores are complete)")
+    scoring.add_argument("--endpoint-url", default=None,
+                         help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL or AWS)")
+    scoring.set_defaults(func=_cmd_score)
     return parser
 
 
