@@ -44,19 +44,32 @@ def run_stage_notebook(
     root: Path = Path("."),
     show_code: bool = False,
 ) -> tuple[Path, Path]:
-    """Execute ``notebooks/NN_<stage>.ipynb`` with ``parameters`` and write its ipynb and HTML reports.
+    """Execute ``notebooks/NN_<stage>.ipynb`` with ``parameters`` and write its ipynb and HTML reports."""
+    root = root.resolve()
+    return run_notebook(stage_notebook(stage, root / NOTEBOOKS_DIR), parameters, root=root, show_code=show_code)
 
-    The executed notebook is written to a temp file first: on failure it is kept
-    next to the reports as ``NN_<stage>.failed.ipynb`` (to see which cell failed)
-    and no report is left that looks like a success.
+
+def run_notebook(
+    source: Path,
+    parameters: dict[str, Any],
+    *,
+    root: Path = Path("."),
+    reports_dir: Path | None = None,
+    show_code: bool = False,
+) -> tuple[Path, Path]:
+    """Execute the notebook ``source`` in ``root``; write ``<name>.ipynb`` and ``.html`` to ``reports_dir``.
+
+    ``reports_dir`` defaults to ``root/reports``. The executed notebook is written to a
+    temp file first: on failure it is kept next to the reports as ``<name>.failed.ipynb``
+    (to see which cell failed) and no report is left that looks like a success. Stage
+    notebooks and the monitor notebook (not a stage) both run through here.
     """
     import papermill
 
     root = root.resolve()
-    source = stage_notebook(stage, root / NOTEBOOKS_DIR)
-    reports = root / REPORTS_DIR
+    reports = root / REPORTS_DIR if reports_dir is None else Path(reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
-    executed = reports / source.name
+    executed = reports / Path(source).name
     html = executed.with_suffix(".html")
     failed = executed.with_suffix(".failed.ipynb")
     for stale in (executed, html, failed):
