@@ -23,6 +23,8 @@ ENGINES = ("pandas", "dask")
 CONNECT_TIMEOUT = 5.0
 #: Share of the machine's memory the local workers may use together (the rest is the client's).
 LOCAL_MEMORY_SHARE = 0.6
+#: Where a local cluster's dashboard listens: this machine only, on a port the system picks.
+LOCAL_DASHBOARD = "127.0.0.1:0"
 
 
 class ComputeError(RuntimeError):
@@ -89,8 +91,11 @@ def dask_client(**local_options: Any) -> Iterator[Any]:
         return
     from distributed import Client, LocalCluster
 
-    options = {**local_cluster_options(), "dashboard_address": None, **local_options}
+    # The dashboard on a free loopback port: without one, the scheduler's HTTP server still
+    # tries port 8787 and warns when another cluster (another stage, a test) holds it.
+    options = {**local_cluster_options(), "dashboard_address": LOCAL_DASHBOARD, **local_options}
     log.info("starting a local Dask cluster: %s workers × %s thread(s)", options["n_workers"],
              options["threads_per_worker"])
     with LocalCluster(**options) as cluster, Client(cluster) as client:
+        log.info("local Dask cluster's dashboard: %s", cluster.dashboard_link)
         yield client
