@@ -120,6 +120,19 @@ def test_csv_is_converted_in_parts_equal_to_a_one_shot_read(tmp_path: Path, fram
     assert (summary.rows, summary.frauds, summary.kind, summary.files) == (3000, 30, "csv", 1)
 
 
+def test_the_text_pass_resumes_where_the_float_pass_stopped(tmp_path: Path, frame: pd.DataFrame,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """After a value Arrow cannot read as a float, the file is read again as text from the first row not yet yielded."""
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 64 * 1024)
+    source = write_csv(tmp_path / "d.csv", frame)
+    chunks = list(ingest._csv_chunks(source, where="d.csv", partition_rows=700, as_text=True, skip=1400))
+    assert [(chunk.first_row, len(chunk.frame)) for chunk in chunks] == [(1400, 700), (2100, 700), (2800, 200)]
+    assert chunks[0].where == "d.csv (rows 1400-2099 of the file)"
+    resumed = pd.concat([chunk.frame for chunk in chunks], ignore_index=True)
+    pd.testing.assert_frame_equal(schema.validate_dataset(resumed), frame.iloc[1400:].reset_index(drop=True),
+                                  check_exact=True)
+
+
 def test_csv_like_the_real_file_quoted_header_and_class(tmp_path: Path, frame: pd.DataFrame):
     lines = [",".join(f'"{c}"' for c in schema.COLUMNS)]
     lines += [",".join([*(repr(float(v)) for v in row[:-1]), f'"{int(row[-1])}"'])

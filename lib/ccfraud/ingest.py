@@ -78,7 +78,15 @@ class PartitionSummary:
     def of(cls, clean: pd.DataFrame) -> PartitionSummary:
         """Summarise a frame ``schema.validate_dataset`` returned (numeric, ``Class`` 0/1)."""
         hashes = pd.util.hash_pandas_object(clean, index=False).to_numpy()
-        return cls(rows=len(clean), frauds=int(clean[schema.TARGET].sum()), row_hashes=np.unique(hashes))
+        return cls(rows=len(clean), frauds=int(clean[schema.TARGET].sum()), row_hashes=_distinct(hashes))
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a uint64 array: ``np.unique`` by sorting, many times faster than its hash table."""
+    ordered = np.sort(values)
+    if len(ordered) == 0:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
 
 
 def combine(summaries: Sequence[PartitionSummary]) -> dict[str, int]:
@@ -86,7 +94,7 @@ def combine(summaries: Sequence[PartitionSummary]) -> dict[str, int]:
     rows = sum(summary.rows for summary in summaries)
     frauds = sum(summary.frauds for summary in summaries)
     hashes = [summary.row_hashes for summary in summaries]
-    distinct = len(np.unique(np.concatenate(hashes))) if hashes else 0
+    distinct = len(_distinct(np.concatenate(hashes))) if hashes else 0
     return {"rows": rows, "frauds": frauds, "duplicate_rows": rows - distinct}
 
 
@@ -310,22 +318,45 @@ class CsvChunk(NamedTuple):
     bytes_read: int
 
 
+class _NotPlainNumbers(Exception):
+    """Arrow could not read a value of the CSV file as a float: the text path must look at it."""
+
+
 def csv_chunks(path: str | os.PathLike[str], *, where: str, partition_rows: int) -> Iterator[CsvChunk]:
     """Stream a creditcard CSV file as frames of ``partition_rows`` rows, never the whole file in memory.
 
-    Arrow parses ``CSV_BLOCK_BYTES`` at a time as text and casts each column to float64;
-    a block that does not cast (words, booleans, ...) goes through pandas and the schema's
-    own checks, which name the column, the row (of the file: data rows from 0) and the
-    value. A malformed line (a wrong number of fields) is named by its line number.
+    Arrow parses ``CSV_BLOCK_BYTES`` at a time straight into float64 columns: the fast path,
+    for a clean file. At the first value Arrow cannot read as a number, the file is read
+    again as text from the first row not yet yielded; each block is cast to float64 where
+    it can be, and otherwise goes through pandas and the schema's own checks, which name
+    the column, the row (of the file: data rows from 0) and the value, or accept what the
+    one-shot pandas reader would. A malformed line (a wrong number of fields) is named by
+    its line number.
     """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pa_csv
-
     path = Path(path)
     if path.stat().st_size == 0:
         raise schema.SchemaError(f"{where}: empty file (0 bytes): no header and no data rows")
     _check_text(path, where=where)
+    done = 0
+    try:
+        for chunk in _csv_chunks(path, where=where, partition_rows=partition_rows, as_text=False, skip=0):
+            yield chunk
+            done = chunk.first_row + len(chunk.frame)
+    except _NotPlainNumbers:
+        log.info("%s: values that are not plain numbers after row %d; reading on as text", where, done)
+    else:
+        if done == 0:
+            raise schema.SchemaError(f"{where}: no data rows (only a header or nothing at all)")
+        return
+    yield from _csv_chunks(path, where=where, partition_rows=partition_rows, as_text=True, skip=done)
+
+
+def _csv_chunks(path: Path, *, where: str, partition_rows: int, as_text: bool, skip: int) -> Iterator[CsvChunk]:
+    """One pass of :func:`csv_chunks`: floats (raising _NotPlainNumbers) or text, from data row ``skip`` on."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+
     bad_lines: list[str] = []
 
     def invalid_row(row: Any) -> str:
@@ -334,23 +365,26 @@ def csv_chunks(path: str | os.PathLike[str], *, where: str, partition_rows: int)
                          f"{row.text[:80]!r}")
         return "error"
 
-    def arrow_error(exc: Exception) -> schema.SchemaError:
+    def arrow_error(exc: Exception) -> Exception:
+        message = str(exc).strip()
         if bad_lines:
             return schema.SchemaError(f"{where}: not a well-formed CSV file: {bad_lines[0]}")
-        message = str(exc).strip()
+        if "CSV conversion error" in message and not as_text:
+            return _NotPlainNumbers(message)
         if "Empty CSV file" in message:
             return schema.SchemaError(f"{where}: empty file: blank lines only, no header, no data rows")
         if "UTF8" in message or "UTF-8" in message:
             return schema.SchemaError(f"{where}: not a UTF-8 text file; is it compressed?")
         return schema.SchemaError(f"{where}: not a well-formed CSV file: {message}")
 
+    column_type = pa.string() if as_text else pa.float64()
     with open(path, "rb") as handle:
         try:
             reader = pa_csv.open_csv(
                 handle,
                 read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
                 parse_options=pa_csv.ParseOptions(invalid_row_handler=invalid_row),
-                convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(schema.COLUMNS, pa.string()),
+                convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(schema.COLUMNS, column_type),
                                                       strings_can_be_null=True),
             )
         except pa.ArrowInvalid as exc:
@@ -368,25 +402,33 @@ def csv_chunks(path: str | os.PathLike[str], *, where: str, partition_rows: int)
                     return
                 except pa.ArrowInvalid as exc:
                     raise arrow_error(exc) from None
-                try:
-                    yield pa.RecordBatch.from_arrays([pc.cast(column, pa.float64()) for column in batch.columns],
-                                                     schema=numeric)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    # Not plain numbers: the schema's checks name the column, row and value ...
-                    label = f"{where} ({_rows_label(first_row, batch.num_rows)} of the file)"
-                    clean = schema.validate_dataset(batch.to_pandas(), where=label, first_row=first_row,
-                                                    require_both_classes=False)
-                    # ... or accept what pandas reads as numbers, as the one-shot reader would.
-                    yield pa.RecordBatch.from_pandas(clean[names].astype("float64"), schema=numeric,
-                                                     preserve_index=False)
+                if first_row + batch.num_rows <= skip:  # yielded by the fast pass already
+                    first_row += batch.num_rows
+                    continue
+                if first_row < skip:
+                    batch, first_row = batch.slice(skip - first_row), skip
+                if not as_text:
+                    yield batch
+                else:
+                    try:
+                        yield pa.RecordBatch.from_arrays([pc.cast(column, pa.float64()) for column in batch.columns],
+                                                         schema=numeric)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        # Not plain numbers: the schema's checks name the column, row and value ...
+                        label = f"{where} ({_rows_label(first_row, batch.num_rows)} of the file)"
+                        clean = schema.validate_dataset(batch.to_pandas(), where=label, first_row=first_row,
+                                                        require_both_classes=False)
+                        # ... or accept what pandas reads as numbers, as the one-shot reader would.
+                        yield pa.RecordBatch.from_pandas(clean[names].astype("float64"), schema=numeric,
+                                                         preserve_index=False)
                 first_row += batch.num_rows
 
         rows = 0
         for table, start in _exact_chunks(numeric_batches(), partition_rows):
             rows += table.num_rows
-            label = f"{where} ({_rows_label(start, table.num_rows)} of the file)"
-            yield CsvChunk(table.to_pandas(), start, label, handle.tell())
-    if rows == 0:
+            label = f"{where} ({_rows_label(skip + start, table.num_rows)} of the file)"
+            yield CsvChunk(table.to_pandas(), skip + start, label, handle.tell())
+    if rows == 0 and skip == 0:
         raise schema.SchemaError(f"{where}: no data rows (only a header or nothing at all)")
 
 
