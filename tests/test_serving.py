@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 
 from ccfraud import artifacts, modeling, s3, schema, synthetic
 from ccfraud.serving import config as serving_config
-from ccfraud.serving import create_app, payload, scoring
+from ccfraud.serving import create_app, openapi, payload, scoring
 from ccfraud.serving import model_source as model_source_module
 from ccfraud.serving.errors import ApiError
 
@@ -115,13 +115,18 @@ def test_openapi_document_describes_the_api(client):
     assert set(document["paths"]) == {"/health", "/ready", "/model", "/openapi.json", "/predict"}
     transaction = document["components"]["schemas"]["Transaction"]
     assert transaction["required"] == schema.FEATURES
-    assert all(transaction["properties"][name] == {"type": "number"} for name in schema.FEATURES)
+    bounded = {"type": "number", "minimum": -schema.MAX_ABS_VALUE, "maximum": schema.MAX_ABS_VALUE}
+    assert all(transaction["properties"][name] == bounded for name in schema.FEATURES)
     assert transaction["additionalProperties"] is False
     body = document["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "text/csv"}
-    assert document["components"]["schemas"]["Instances"]["properties"]["instances"]["maxItems"] == 50
+    assert body["text/csv"]["schema"]["pattern"] == openapi.csv_pattern()
+    # The row limit is a size limit, answered with 413 like the byte limit: not a schema rule (no maxItems).
+    assert document["components"]["schemas"]["Instances"]["properties"]["instances"] == {
+        "type": "array", "items": {"$ref": "#/components/schemas/Transaction"}, "minItems": 1}
     responses = document["paths"]["/predict"]["post"]["responses"]
-    assert {"200", "400", "413", "415", "503"} <= set(responses)
+    assert {"200", "400", "411", "413", "415", "503"} <= set(responses)
+    assert "200000 bytes or more than 50 rows" in responses["413"]["description"]
     Draft202012Validator.check_schema(transaction)
 
 
@@ -199,8 +204,8 @@ def valid_object() -> dict:
     return {name: 0.5 for name in schema.FEATURES}
 
 
-def csv_text(frame: pd.DataFrame) -> str:
-    return frame.to_csv(index=False)
+def csv_text(frame: pd.DataFrame, **to_csv) -> str:
+    return frame.to_csv(index=False, **to_csv)
 
 
 def raw_json(obj: dict, replace: dict[str, str]) -> str:
@@ -306,6 +311,70 @@ def test_bad_input_is_a_json_error_that_says_where(client, caplog, name):
         assert str(row) in message
     assert "Traceback" not in message
     assert not [r for r in caplog.records if r.name == LAST_RESORT_LOGGER], "a bad input reached the 500 handler"
+
+
+# --- the document says what the server does -----------------------------------------------------
+
+def document_accepts(document: dict, content_type: str, body: str | bytes) -> bool:
+    """Whether the document's request schema for ``content_type`` accepts ``body``, as a client's validator would."""
+    media_schema = document["paths"]["/predict"]["post"]["requestBody"]["content"][content_type]["schema"]
+    validator = Draft202012Validator({**media_schema, "components": document["components"]})
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        if content_type == "text/csv":
+            return validator.is_valid(text)
+        # NaN and Infinity are not JSON; a JSON text too deeply nested for Python is an array, not an object.
+        return validator.is_valid(json.loads(text, parse_constant=lambda token: 1 / 0))
+    except (UnicodeDecodeError, ValueError, ZeroDivisionError, RecursionError):
+        return False  # not text, or not a JSON document: no schema accepts it
+
+
+SCORED_BODIES = {
+    # name: (content type, body, whether the document's schema says the body is valid)
+    "one transaction": ("application/json", json.dumps(valid_object()), True),
+    "a batch": ("application/json", json.dumps({"instances": [valid_object()] * 3}), True),
+    "with Class": ("application/json", json.dumps({**valid_object(), "Class": "anything"}), True),
+    "float32 bounds": ("application/json", json.dumps(
+        {**valid_object(), "V1": float(np.finfo(np.float32).max), "V2": -float(np.finfo(np.float32).max)}), True),
+    "integers": ("application/json", json.dumps({name: 7 for name in schema.FEATURES}), True),
+    "CSV as pandas writes it": ("text/csv", csv_text(pd.DataFrame([{**valid_object(), "Class": 0}] * 3)
+                                                     .assign(V4=1e-05, Time=172792)), True),
+    "CSV quoting everything": ("text/csv", csv_text(pd.DataFrame([{**valid_object(), "Class": 1}] * 2), quoting=1),
+                               True),
+    "CSV without Class, CRLF, byte-order mark": ("text/csv", "\ufeff" + csv_text(pd.DataFrame([valid_object()] * 2),
+                                                                               lineterminator="\r\n"), True),
+    "CSV with odd labels": ("text/csv", csv_text(pd.DataFrame([valid_object()] * 4)
+                                                 .assign(Class=['a"b', 'x, "y"', "", "é"])), True),
+    # What the server reads beyond the pattern; the description says so, the pattern cannot.
+    "CSV columns in another order": ("text/csv", csv_text(pd.DataFrame([valid_object()])[schema.FEATURES[::-1]]),
+                                     False),
+    "CSV numbers spelled otherwise": ("text/csv", csv_text(pd.DataFrame([valid_object()]).assign(V1="+1", V2=".5",
+                                                                                                 V3="1E+5")), False),
+}
+
+
+@pytest.mark.parametrize("name", list(SCORED_BODIES))
+def test_the_document_accepts_what_the_server_scores(client, name):
+    content_type, body, valid = SCORED_BODIES[name]
+    response = client.post("/predict", data=body, content_type=content_type)
+    assert response.status_code == HTTPStatus.OK, response.get_data(as_text=True)
+    assert document_accepts(client.get("/openapi.json").get_json(), content_type, body) is valid
+
+
+@pytest.mark.parametrize("name", [name for name, (content_type, _, status, _, _) in BAD_REQUESTS.items()
+                                  if content_type in ("application/json", "text/csv") and status == 400])
+def test_the_document_refuses_every_body_the_server_refuses_as_invalid(client, name):
+    """A 400 is the server saying "not what the document describes": the document must agree."""
+    content_type, body, *_ = BAD_REQUESTS[name]
+    assert not document_accepts(client.get("/openapi.json").get_json(), content_type, body)
+
+
+@pytest.mark.parametrize("name", ["too many rows (JSON)", "too many rows (CSV)"])
+def test_a_batch_over_the_row_limit_is_valid_by_the_document_and_answered_413(client, name):
+    """Too many rows is a size limit (413, in the document's responses), not a schema violation (400)."""
+    content_type, body, status, *_ = BAD_REQUESTS[name]
+    assert status == 413
+    assert document_accepts(client.get("/openapi.json").get_json(), content_type, body)
 
 
 _F32_MAX = float(np.finfo(np.float32).max)

@@ -6,12 +6,17 @@ real responses against this very document.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ccfraud import schema
 from ccfraud.serving.payload import INSTANCES
 
 _REF = "#/components/schemas/"
+#: A JSON number the API accepts as a feature value: the schema's range rule, stated as JSON Schema bounds.
+_FEATURE_VALUE = {"type": "number", "minimum": -schema.MAX_ABS_VALUE, "maximum": schema.MAX_ABS_VALUE}
+#: Digits before the point that keep any CSV number below 10**digits <= MAX_ABS_VALUE (38 for float32).
+_CSV_INTEGER_DIGITS = math.floor(math.log10(schema.MAX_ABS_VALUE))
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -22,23 +27,58 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref("Error")}}}
 
 
+def csv_pattern() -> str:
+    """The CSV bodies the document promises to score, as a regular expression (JSON Schema ``pattern``).
+
+    A creditcard.csv file: a header naming the features in file order, each name quoted
+    or not (the Kaggle file quotes them), with or without ``Class`` last; then one or
+    more data rows with as many cells, line ends LF or CRLF, a byte-order mark allowed
+    first. A feature cell is a number, quoted or not, with at most
+    ``_CSV_INTEGER_DIGITS`` digits before the point and no positive exponent: that keeps
+    it within +/-``schema.MAX_ABS_VALUE`` without a numeric comparison, which a pattern
+    cannot make. The label cell may hold anything the CSV reader reads as one cell: the
+    server ignores it, so the document must not call any of it invalid.
+
+    Not in the pattern, because they are limits rather than rules: the row and byte
+    limits (answered with 413, as for JSON). Not in it either, because a pattern cannot
+    say them: columns in another order, and numbers spelled otherwise (``1E+5``, ``+1``,
+    ``.5``); the description says the server reads those too.
+    """
+    number = rf"-?[0-9]{{1,{_CSV_INTEGER_DIGITS}}}(?:\.[0-9]*)?(?:[eE]-[0-9]+)?"
+    cell = f'(?:{number}|"{number}")'
+
+    def name(column: str) -> str:
+        return f'(?:{column}|"{column}")'
+
+    header = ",".join(name(column) for column in schema.FEATURES)
+    row = f"{cell}(?:,{cell}){{{len(schema.FEATURES) - 1}}}"
+    without_label = rf"{header}(?:\r?\n{row})+"
+    # Any one-line cell as the CSV reader reads it: a quoted part ("" for a quote), then anything up to the next
+    # comma that does not start with a quote; or no quote first, then anything. The server ignores the label.
+    label = r'(?:"(?:[^"\r\n]|"")*"(?:[^",\r\n][^,\r\n]*)?|[^,"\r\n][^,\r\n]*)?'
+    with_label = rf"{header},{name(schema.TARGET)}(?:\r?\n{row},{label})+"
+    return rf"^\ufeff?(?:{without_label}|{with_label})(?:\r?\n)?$"
+
+
 def _schemas(max_rows: int) -> dict[str, Any]:
-    transaction_properties: dict[str, Any] = {name: {"type": "number"} for name in schema.FEATURES}
+    transaction_properties: dict[str, Any] = {name: dict(_FEATURE_VALUE) for name in schema.FEATURES}
     transaction_properties[schema.TARGET] = {"description": "The label, if known: accepted and ignored."}
     return {
         "Transaction": {
             "type": "object",
-            "description": "One card transaction: every feature is required and must be a finite JSON number "
-                           "(not a string, boolean or null).",
+            "description": "One card transaction: every feature is required and must be a JSON number "
+                           f"(not a string, boolean or null) within +/-{schema.MAX_ABS_VALUE!r}, the float32 range "
+                           "the model compares features in.",
             "properties": transaction_properties,
             "required": list(schema.FEATURES),
             "additionalProperties": False,
         },
         "Instances": {
             "type": "object",
-            "description": "A batch of transactions, scored in order.",
-            "properties": {INSTANCES: {"type": "array", "items": _ref("Transaction"),
-                                       "minItems": 1, "maxItems": max_rows}},
+            "description": f"A batch of transactions, scored in order. This server scores at most {max_rows} "
+                           "transactions per request and answers a larger batch with 413: a size limit, "
+                           "like the body size, not a rule of the schema.",
+            "properties": {INSTANCES: {"type": "array", "items": _ref("Transaction"), "minItems": 1}},
             "required": [INSTANCES],
             "additionalProperties": False,
         },
@@ -136,16 +176,25 @@ def document(max_rows: int, max_body_bytes: int) -> dict[str, Any]:
                 "summary": "Fraud probability and decision for one transaction or a batch.",
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": {"oneOf": [_ref("Transaction"), _ref("Instances")]}},
-                    "text/csv": {"schema": {"type": "string", "description": (
+                    "text/csv": {"schema": {"type": "string", "pattern": csv_pattern(), "description": (
                         f"creditcard.csv rows with a header line (quoted or not), e.g. {csv_header}; the Class "
-                        f"column is optional and ignored; at most {max_rows} data rows.")}},
+                        f"column is optional and ignored. The pattern is the file's own shape. The server also "
+                        "reads the columns in any order and any number a CSV reader parses (1E+5, +1, .5) if it "
+                        f"is finite and within +/-{schema.MAX_ABS_VALUE!r}. At most {max_rows} data rows (413 "
+                        "beyond: a size limit, not a rule of the pattern).")}},
                 }},
                 "responses": {
                     "200": {"description": "One prediction per input row, in order.",
                             "content": {"application/json": {"schema": _ref("PredictionResponse")}}},
-                    "400": _error_response("Malformed body, missing/unknown field, non-numeric or non-finite "
-                                           "value, or empty batch."),
-                    "413": _error_response(f"Body over {max_body_bytes} bytes or more than {max_rows} rows."),
+                    "400": _error_response("A body the schema refuses: malformed JSON or CSV, a missing or "
+                                           "unknown field, a value that is not a number, not finite or beyond "
+                                           "the float32 range, an empty batch; or a body shorter than its "
+                                           "Content-Length."),
+                    "411": _error_response("A chunked body on a WSGI server that cannot tell where it ends "
+                                           "(gunicorn can); send Content-Length."),
+                    "413": _error_response(f"Body over {max_body_bytes} bytes or more than {max_rows} rows: "
+                                           "size limits (CCFRAUD_MAX_BODY_BYTES, CCFRAUD_MAX_ROWS), not schema "
+                                           "rules."),
                     "415": _error_response("Content type other than application/json or text/csv."),
                     "503": not_ready,
                 },
