@@ -3,7 +3,9 @@
 The command is read from the Procfile (as Heroku and ``make serve`` do) and only
 changed to listen on 127.0.0.1, on a port the OS picks, instead of every interface.
 Also here: the server hooks the Procfile loads (``ccfraud.serving.gunicorn_conf``),
-and a worker killed with SIGKILL, which the master replaces while the server stays ready.
+a worker killed with SIGKILL, which the master replaces while the server stays ready,
+and slow clients, which neither hold the workers nor keep a request open past
+``CCFRAUD_READ_TIMEOUT`` (``ccfraud.serving.worker``).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import json
 import logging
 import os
 import re
+import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,8 +58,9 @@ def listening(log_path: Path) -> tuple[int, int] | None:
     return (int(found[1]), int(found[2])) if found else None
 
 
-def get(port: int, path: str, body: bytes | None = None, content_type: str = "application/json"):
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+def get(port: int, path: str, body: bytes | None = None, content_type: str = "application/json",
+        timeout: float = 10.0):
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
         headers = {"Content-Type": content_type} if body is not None else {}
         connection.request("POST" if body is not None else "GET", path, body, headers)
@@ -66,15 +71,17 @@ def get(port: int, path: str, body: bytes | None = None, content_type: str = "ap
 
 
 @contextmanager
-def procfile_server(model_location: Path, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def procfile_server(model_location: Path, tmp_path: Path,
+                    env: Mapping[str, str] | None = None) -> Iterator[tuple[int, Path]]:
     """Run the web command in its own process group; yields (port, log file) once it listens.
 
     The server binds port 0, so the OS picks a free port as it binds (no race with tests
-    running in parallel), and the port is read from gunicorn's log.
+    running in parallel), and the port is read from gunicorn's log. ``env`` adds settings
+    (``CCFRAUD_READ_TIMEOUT``, ...) to the server's environment.
     """
     # exec: the shell becomes gunicorn, so the signal and the exit code are gunicorn's (as on Heroku).
     command = "exec " + web_command().replace("0.0.0.0", LOOPBACK)
-    env = dict(os.environ, PORT="0", CCFRAUD_MODEL=str(model_location))
+    env = dict(os.environ, **(env or {}), PORT="0", CCFRAUD_MODEL=str(model_location))
     env.pop("WEB_CONCURRENCY", None)  # the Procfile's default number of workers
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     with tempfile.NamedTemporaryFile(dir=tmp_path, prefix="gunicorn-", suffix=".log", delete=False) as log:
@@ -312,3 +319,106 @@ def test_master_replaces_a_killed_worker_and_the_server_stays_ready(model_dir, t
     log = log_path.read_text()
     assert f"Worker (pid:{victim}) was sent SIGKILL" in log, log
     assert log.count("Arrow's thread pool sized to") >= 3, log  # the replacement ran the post_fork hook too
+
+
+# --- slow clients (issue 14) ----------------------------------------------------------------------
+
+#: A normal request's client timeout while slow clients are connected: generous, for a busy CI machine.
+NORMAL_TIMEOUT = 20.0
+
+
+def open_slow(port: int, kind: str) -> socket.socket:
+    """A connection partway through a request: ``body`` has sent the headers of a JSON POST announcing
+    100 bytes and one of them; ``headers`` has sent the request line and half a header."""
+    head = f"POST /predict HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nContent-Type: application/json\r\n"
+    first = {"body": f"{head}Content-Length: 100\r\n\r\n{{", "headers": f"{head}X-Slow: a"}[kind]
+    sock = socket.create_connection((LOOPBACK, port), timeout=NORMAL_TIMEOUT)
+    sock.sendall(first.encode())
+    return sock
+
+
+def trickle_until_closed(trickling: list[socket.socket], silent: list[socket.socket], every: float,
+                         timeout: float) -> dict[socket.socket, bytes]:
+    """Send one more byte on each ``trickling`` socket every ``every`` seconds, nothing on ``silent`` ones,
+    and read every socket until the server closes it; what each received. Fails after ``timeout`` s."""
+    received = {sock: b"" for sock in trickling + silent}
+    open_ = set(received)
+    answering: set[socket.socket] = set()  # the server has begun to answer: no more bytes to it
+    deadline = time.monotonic() + timeout
+    while open_:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{len(open_)} slow connection(s) neither answered nor closed within {timeout:.0f} s")
+        for sock in select.select(list(open_), [], [], every)[0]:
+            chunk = sock.recv(65536)
+            received[sock] += chunk
+            answering.add(sock)
+            if not chunk:
+                open_.discard(sock)
+        for sock in open_ - answering - set(silent):
+            sock.sendall(b"a")  # a body's next byte, or a header value's
+    return received
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict[str, str], object]:
+    """(status, headers by lower-case name, decoded JSON body) of one HTTP/1.1 response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def test_slow_clients_do_not_keep_normal_requests_waiting(model_dir, tmp_path):
+    """More clients than workers, each stalled partway through its request, while normal requests are answered.
+
+    Issue 14: with ``sync`` workers each slow client held a worker until its request ended, and
+    four of them took the service down. Here the read timeout is far beyond the normal requests'
+    client timeout, so the slow clients are still connected, unanswered, throughout.
+    """
+    data = synthetic.generate(rows=50, frauds=5, seed=3)
+    row = json.dumps({name: float(data[name].iloc[0]) for name in schema.FEATURES}).encode()
+    with procfile_server(model_dir, tmp_path, env={serving_config.READ_TIMEOUT_ENV: "300"}) as (port, _):
+        slow = [open_slow(port, kind) for kind in ("body", "headers") * 3]
+        try:
+            assert get(port, "/ready", timeout=NORMAL_TIMEOUT)[0] == 200
+            status, body = get(port, "/predict", row, timeout=NORMAL_TIMEOUT)
+            assert status == 200 and len(body["predictions"]) == 1, body
+            assert select.select(slow, [], [], 0)[0] == []  # the slow ones: neither answered nor closed
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_a_request_not_complete_within_the_read_timeout_gets_408_and_its_connection_closed(model_dir, tmp_path):
+    """CCFRAUD_READ_TIMEOUT bounds the whole request, not the gap between two bytes: clients sending a byte every
+    0.2 s get a 408 JSON error naming what was late once it is up, and the server closes their connection;
+    one that sent nothing is closed without an answer. The server serves on."""
+    with procfile_server(model_dir, tmp_path, env={serving_config.READ_TIMEOUT_ENV: "2"}) as (port, log_path):
+        body_late, headers_late = open_slow(port, "body"), open_slow(port, "headers")
+        silent = socket.create_connection((LOOPBACK, port), timeout=NORMAL_TIMEOUT)
+        try:
+            received = trickle_until_closed([body_late, headers_late], [silent], every=0.2, timeout=60)
+        finally:
+            for sock in (body_late, headers_late, silent):
+                sock.close()
+        status, headers, body = parse_answer(received[body_late])
+        assert status == 408 and headers["connection"] == "close", received[body_late]
+        assert headers["content-type"] == "application/json"
+        assert body["error"]["status"] == 408
+        assert "CCFRAUD_READ_TIMEOUT" in body["error"]["message"]
+        assert "the 100 bytes its Content-Length announced" in body["error"]["message"]
+        status, headers, body = parse_answer(received[headers_late])
+        assert status == 408 and headers["connection"] == "close", received[headers_late]
+        assert body == {"error": {"status": 408, "message": "the request headers did not arrive within 2 s "
+                                                           "(CCFRAUD_READ_TIMEOUT)"}}
+        assert received[silent] == b""
+        assert get(port, "/ready")[0] == 200
+    assert "408 to 127.0.0.1: the request headers did not arrive" in log_path.read_text()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf", ""])
+def test_a_malformed_read_timeout_stops_the_server_at_start_up(monkeypatch, value):
+    from ccfraud.serving.worker import BoundedGeventWorker
+
+    monkeypatch.setenv(serving_config.READ_TIMEOUT_ENV, value)
+    with pytest.raises(ValueError, match=f"CCFRAUD_READ_TIMEOUT must be a positive number of seconds, found '{value}'"):
+        BoundedGeventWorker.check_config(SimpleNamespace(), logging.getLogger("test.gunicorn"))

@@ -104,8 +104,21 @@ def _request_body() -> bytes:
     server's stream directly), and it cuts a chunked body that is over the size limit
     short without an error. So the body is read here, with the same rules for both
     framings: over the limit is a 413, and a body shorter than its Content-Length (the
-    client went away) is a 400, never a shorter request scored.
+    client went away) is a 400, never a shorter request scored. A body that stops
+    arriving is a 408: the server's read raises :class:`TimeoutError` once the request's
+    time is up (``CCFRAUD_READ_TIMEOUT``, :mod:`ccfraud.serving.worker`), so a client
+    trickling bytes cannot keep the request open.
     """
+    try:
+        return _read_body()
+    except TimeoutError as exc:
+        length = request.content_length
+        announced = f"the {length} bytes its Content-Length announced" if length is not None else "its chunked body"
+        raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"{exc}: {announced} had not all arrived") from None
+
+
+def _read_body() -> bytes:
+    """:func:`_request_body` without the deadline's 408."""
     limit = request.max_content_length
     length = request.content_length
     if length is not None and limit is not None and length > limit:

@@ -1,19 +1,22 @@
 """Serving settings: arguments of the app factory first, then environment variables, then defaults.
 
 The same image runs on a laptop, in CI and on Heroku, where the only way in is the
-environment: ``CCFRAUD_MODEL``, ``CCFRAUD_MAX_ROWS``, ``CCFRAUD_MAX_BODY_BYTES``.
+environment: ``CCFRAUD_MODEL``, ``CCFRAUD_MAX_ROWS``, ``CCFRAUD_MAX_BODY_BYTES``, and for the
+server's worker ``CCFRAUD_READ_TIMEOUT``.
 A malformed value stops the process at start-up: a limit silently replaced by a
 default is worse than a crash that says which variable is wrong.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 MODEL_ENV = "CCFRAUD_MODEL"
 MAX_ROWS_ENV = "CCFRAUD_MAX_ROWS"
 MAX_BODY_ENV = "CCFRAUD_MAX_BODY_BYTES"
+READ_TIMEOUT_ENV = "CCFRAUD_READ_TIMEOUT"
 
 DEFAULT_MODEL = "models"
 #: Rows per /predict request.
@@ -21,6 +24,10 @@ DEFAULT_MAX_ROWS = 10_000
 #: Bytes per request body: a 10,000-row batch at full float precision is about 5.7 MB as
 #: CSV and 8 MB as JSON instances (every value spelled out with its field name).
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+#: Seconds a client has to send a whole request, headers and body (see :mod:`ccfraud.serving.worker`):
+#: long enough for the largest body (16 MiB) at about 3.4 MB/s, short enough that a client
+#: trickling bytes gives its connection up within seconds.
+DEFAULT_READ_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,3 +68,17 @@ def resolve(model_location: str | None = None, *, max_rows: int | None = None,
         max_rows=_positive_int("max_rows" if max_rows is not None else MAX_ROWS_ENV, rows),
         max_body_bytes=_positive_int("max_body_bytes" if max_body_bytes is not None else MAX_BODY_ENV, body),
     )
+
+
+def read_timeout() -> float:
+    """Seconds a request may take to arrive, from ``CCFRAUD_READ_TIMEOUT`` (default 5): a positive number."""
+    value = os.environ.get(READ_TIMEOUT_ENV)
+    if value is None:
+        return DEFAULT_READ_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{READ_TIMEOUT_ENV} must be a positive number of seconds, found {value!r}")
+    return seconds
