@@ -2,23 +2,33 @@
 
 Reports single-record latency (p50/p99) with 1 and 16 concurrent clients, single-record
 throughput, the time to score a 10,000-row CSV batch, and, for scale, the in-process
-``predict_proba`` single-row rate of the same model.
+``predict_proba`` single-row rate of the same model. Then the slow-client phase: 200
+connections trickle their requests a byte every 1.5 s (half their bodies, half their
+headers) while ``GET /ready`` and a single-record ``POST /predict`` are timed.
 
     .venv/bin/python benchmarks/serving.py                 # models/ if trained, else a small demo model
     .venv/bin/python benchmarks/serving.py --model models --seconds 10
     .venv/bin/python benchmarks/serving.py --load python   # the built-in load loop even if wrk is installed
+    .venv/bin/python benchmarks/serving.py --compare sync="--worker-class sync"   # the Procfile, then sync workers
 
-Goals on a 2-core machine: throughput >= half the in-process single-row rate, p99 <= 10 ms
-at 16 clients, the 10,000-row batch <= 100 ms. The clients run on the same cores as the
-server, so every microsecond the load generator spends is taken from the server: wrk
-(``apt-get install wrk``) spends about 85 us of CPU per request, the built-in Python loop
-about 180 us, so its figures are worse. Other load on the machine makes them worse too.
+``--compare LABEL="gunicorn args"`` runs every phase again on the Procfile command with
+those arguments appended (they override its own), back to back in the same run, so
+server designs are compared on the same (shared, noisy) machine at the same moment.
+
+Goals on a 2-core machine: throughput >= 2,500 req/s and p99 <= 10 ms at 16 clients, the
+10,000-row batch <= 100 ms; with the 200 slow connections, p99 <= 100 ms for ``/ready``
+and for a single record. The clients run on the same cores as the server, so every
+microsecond the load generator spends is taken from the server: wrk (``apt-get install
+wrk``) spends about 85 us of CPU per request, the built-in Python loop about 180 us, so
+its figures are worse. Other load on the machine makes them worse too: the load average
+is printed at the start and the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import heapq
 import http.client
 import json
 import os
@@ -32,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from pathlib import Path
@@ -50,11 +61,16 @@ BATCH_ROWS = 10_000
 LISTENING = re.compile(rf"Listening at: http://{re.escape(LOOPBACK)}:(\d+) \((\d+)\)")
 
 
-def procfile_command(port: int) -> str:
-    """The Procfile's web command, bound to a loopback port instead of every interface."""
+def procfile_command(port: int, extra_args: str = "") -> str:
+    """The Procfile's web command, bound to a loopback port instead of every interface.
+
+    ``extra_args`` go at the end, where gunicorn lets them override the Procfile's own
+    (``--worker-class sync``): how the benchmark compares server designs.
+    """
     line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
     command = line.removeprefix("web:").strip().replace("0.0.0.0", LOOPBACK)
-    return command.replace("$PORT", str(port)).replace("${PORT}", str(port))
+    command = command.replace("$PORT", str(port)).replace("${PORT}", str(port))
+    return f"{command} {extra_args}".strip()
 
 
 def choose_model(model_dir: Path | None, scratch: Path) -> Path:
@@ -89,14 +105,14 @@ class Server:
     reads the port from gunicorn's log.
     """
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, extra_args: str = ""):
         env = dict(os.environ, CCFRAUD_MODEL=str(model_dir), PORT="0")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self.port = 0
         self.log = tempfile.TemporaryFile()
         #: the master's pid too: ``exec`` makes the shell gunicorn
-        self.process = subprocess.Popen(["sh", "-c", "exec " + procfile_command(0)], cwd=ROOT, env=env,
-                                        stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(["sh", "-c", "exec " + procfile_command(0, extra_args)], cwd=ROOT,
+                                        env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -116,6 +132,14 @@ class Server:
     def worker_pids(self) -> set[int]:
         """The master's live children: its workers."""
         return child_pids(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the master and its live workers have used so far.
+
+        Per request, it is a cost figure that other jobs on a shared machine disturb far
+        less than throughput or latency, which depend on how much of the CPU the server got.
+        """
+        return sum(cpu_seconds(pid) for pid in {self.process.pid} | self.worker_pids())
 
     def output(self, limit: int | None = 4000) -> str:
         self.log.seek(0)
@@ -143,6 +167,15 @@ def probe(port: int, path: str, timeout: float = 10.0) -> int:
         return response.status
     finally:
         connection.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads), from /proc; 0 once it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
 
 
 def child_pids(parent: int) -> set[int]:
@@ -425,6 +458,248 @@ def batch_times(port: int, body: bytes, repeats: int) -> list[float]:
     return times[1:]  # the first one warms the connection and the worker
 
 
+#: Most slow connections one run may hold open: far above the 200 of the goal, far below the fd limit.
+MAX_SLOW_CLIENTS = 1000
+#: Bytes a slow client trickles, one per interval: a body (after headers announcing 100 bytes) or a header line.
+SLOW_BODY_BYTES = 100
+
+
+class SlowClients:
+    """``count`` connections that send their request one byte every ``interval`` seconds, from a thread.
+
+    Even ones send the headers of a JSON ``POST /predict`` announcing a 100-byte body, then
+    the body a byte at a time (the four sockets of issue 14); odd ones send the request line
+    and then their headers a byte at a time, never finishing them. A connection the server
+    answers or closes is counted and replaced at once, so ``count`` stay open, as a client
+    wanting the service down would do. Only to 127.0.0.1; stops on :meth:`stop` or after
+    ``max_seconds``, and closes every socket.
+    """
+
+    def __init__(self, port: int, count: int, interval: float, max_seconds: float):
+        if not 0 < count <= MAX_SLOW_CLIENTS:
+            raise ValueError(f"slow clients: 1 to {MAX_SLOW_CLIENTS}, found {count}")
+        self.address = (LOOPBACK, port)
+        self.count = count
+        self.interval = interval
+        self.max_seconds = max_seconds
+        self.opened = 0
+        self.failed_connects = 0
+        #: how the server ended slow connections: "408", another status, or "closed" (no answer)
+        self.endings: dict[str, int] = {}
+        #: seconds from connect to the server's answer or close, per ended connection
+        self.lifetimes: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slow-clients", daemon=True)
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> SlowClients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"slow clients failed: {self.error}") from self.error
+
+    def summary(self) -> dict:
+        lifetimes = sorted(self.lifetimes)
+        return {"connections": self.count, "interval_s": self.interval, "opened": self.opened,
+                "failed_connects": self.failed_connects, "endings": dict(sorted(self.endings.items())),
+                "median_lifetime_s": statistics.median(lifetimes) if lifetimes else None}
+
+    def _open(self, index: int) -> dict | None:
+        head = (f"POST /predict HTTP/1.1\r\nHost: {LOOPBACK}:{self.address[1]}\r\n"
+                "Content-Type: application/json\r\n")
+        if index % 2 == 0:
+            first = f"{head}Content-Length: {SLOW_BODY_BYTES}\r\n\r\n".encode()
+            trickle = b" " * SLOW_BODY_BYTES
+        else:
+            first, trickle = head.encode(), b"X-Slow: " + b"a" * 4000  # never the blank line that ends headers
+        try:
+            sock = socket.create_connection(self.address, timeout=1.0)
+            sock.sendall(first)
+        except OSError:
+            self.failed_connects += 1
+            return None
+        sock.setblocking(False)
+        self.opened += 1
+        return {"sock": sock, "index": index, "trickle": trickle, "sent": 0, "answer": b"",
+                "started": time.monotonic()}
+
+    def _end(self, connection: dict, selector: selectors.BaseSelector) -> None:
+        selector.unregister(connection["sock"])
+        connection["sock"].close()
+        answer = connection["answer"]
+        ending = answer.split(b" ", 2)[1].decode("latin-1") if answer.startswith(b"HTTP/") else "closed"
+        self.endings[ending] = self.endings.get(ending, 0) + 1
+        self.lifetimes.append(time.monotonic() - connection["started"])
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        connections: dict[int, dict] = {}  # by index: the connection standing in that slot now
+        due: list[tuple[float, int]] = []  # (when its next byte is due, index)
+        end = time.monotonic() + self.max_seconds
+
+        def open_slot(index: int) -> None:
+            """A new connection in slot ``index`` (if the connect fails, the slot's next turn retries)."""
+            if (connection := self._open(index)) is not None:
+                connections[index] = connection
+                selector.register(connection["sock"], selectors.EVENT_READ, index)
+
+        try:
+            for index in range(self.count):
+                open_slot(index)
+                heapq.heappush(due, (time.monotonic() + self.interval, index))  # each slot's one turn, always
+            while not self._stop.is_set() and time.monotonic() < end:
+                wait = min(0.1, max(0.0, due[0][0] - time.monotonic())) if due else 0.1
+                for key, _ in selector.select(wait):
+                    connection = connections[key.data]
+                    try:
+                        data = connection["sock"].recv(65536)
+                    except OSError:
+                        data = b""
+                    connection["answer"] += data
+                    if not data:  # the server closed it (after an answer, or without one)
+                        self._end(connection, selector)
+                        del connections[key.data]
+                        open_slot(key.data)
+                now = time.monotonic()
+                while due and due[0][0] <= now:
+                    _, index = heapq.heappop(due)
+                    if index not in connections:
+                        open_slot(index)
+                        continue
+                    connection = connections[index]
+                    if connection["sent"] < len(connection["trickle"]):
+                        position = connection["sent"]
+                        try:
+                            connection["sent"] += connection["sock"].send(connection["trickle"][position:position + 1])
+                        except OSError:
+                            pass  # reset by the server: its close is read above
+                    heapq.heappush(due, (now + self.interval, index))
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+        finally:
+            for connection in connections.values():
+                connection["sock"].close()
+            selector.close()
+
+
+def timed_requests(port: int, requests: dict[str, bytes], seconds: float, timeout: float = 10.0) -> dict:
+    """Send each of ``requests`` (raw HTTP/1.1, by name) in turn, one at a time, each on a new connection.
+
+    As a health checker or an occasional client sees the server: the latency runs from the
+    connect to the last byte of the answer. A request not answered 200 within ``timeout``
+    counts as failed. Runs for ``seconds`` (plus at most one ``timeout``).
+    """
+    latencies: dict[str, list[float]] = {name: [] for name in requests}
+    failed: dict[str, int] = dict.fromkeys(requests, 0)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for name, request in requests.items():
+            started = time.perf_counter()
+            try:
+                with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+                    sock.sendall(request)
+                    answer = b""
+                    while chunk := sock.recv(65536):  # the request says Connection: close
+                        answer += chunk
+                ok = answer.startswith(b"HTTP/1.1 200 ")
+            except OSError:  # timed out, refused or reset
+                ok = False
+            if ok:
+                latencies[name].append(time.perf_counter() - started)
+            else:
+                failed[name] += 1
+    out = {}
+    for name, values in latencies.items():
+        flat = np.array(values) * 1e3
+        out[name] = {"requests": len(values) + failed[name], "failed": failed[name],
+                     "p50_ms": float(np.percentile(flat, 50)) if flat.size else None,
+                     "p99_ms": float(np.percentile(flat, 99)) if flat.size else None,
+                     "max_ms": float(flat.max()) if flat.size else None}
+    return out
+
+
+def slow_client_phase(port: int, predict_body: bytes, slow_clients: int, interval: float,
+                      seconds: float) -> dict:
+    """``GET /ready`` and a single-record ``POST /predict`` timed while ``slow_clients`` trickle their requests."""
+    close = f"Host: {LOOPBACK}:{port}\r\nConnection: close\r\n"
+    requests = {
+        "ready": f"GET /ready HTTP/1.1\r\n{close}\r\n".encode(),
+        "predict": (f"POST /predict HTTP/1.1\r\n{close}Content-Type: application/json\r\n"
+                    f"Content-Length: {len(predict_body)}\r\n\r\n").encode() + predict_body,
+    }
+    # Bounded: the phase, the settling time and one request timeout, with a margin.
+    with SlowClients(port, slow_clients, interval, max_seconds=seconds + 2 * interval + 60) as slow:
+        time.sleep(2 * interval)  # every slow connection has sent its headers and a trickled byte
+        timed = timed_requests(port, requests, seconds)
+    return {"timed": timed, "slow": slow.summary()}
+
+
+def measure_design(label: str, extra_args: str, model_dir: Path, args: argparse.Namespace, wrk: str | None,
+                   script: Path, bodies: list[bytes], csv_body: bytes) -> dict:
+    """Every HTTP phase against one server design: the Procfile command plus ``extra_args``."""
+    print(f"[bench] {label}: {procfile_command(0, extra_args)}", file=sys.stderr)
+    server = Server(model_dir, extra_args)
+    try:
+        server.wait_ready()
+        single = []
+        for clients in (1, 16):
+            # A warm-up run first, then the CPU the server spends is counted over the measured run alone.
+            if wrk:
+                run_wrk(wrk, server.port, script, clients, 1.0, warmup=False)
+            else:
+                run_clients(server.port, bodies, clients, 1.0, args.max_requests, warmup=0.0)
+            cpu = server.cpu_seconds()
+            if wrk:
+                phase = run_wrk(wrk, server.port, script, clients, args.seconds, warmup=False)
+            else:
+                phase = run_clients(server.port, bodies, clients, args.seconds, args.max_requests, warmup=0.0)
+            phase["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu) / phase["requests"] * 1e6
+            single.append(phase)
+        times = batch_times(server.port, csv_body, args.batch_repeats)
+        result = {"label": label, "extra_args": extra_args, "single": single,
+                  "batch_10k_csv_ms": {"median": statistics.median(times) * 1e3, "min": min(times) * 1e3,
+                                       "max": max(times) * 1e3, "body_bytes": len(csv_body)}}
+        if args.slow_clients:
+            result["slow_clients"] = slow_client_phase(server.port, bodies[0], args.slow_clients,
+                                                       args.slow_interval, args.seconds)
+    finally:
+        server.stop()
+    return result
+
+
+def print_design(result: dict) -> None:
+    print(f"== {result['label']}: {result['extra_args'] or 'the Procfile as it is'}")
+    for phase in result["single"]:
+        print(f"HTTP single record, {phase['clients']:2d} client(s):  {phase['throughput_rps']:8.0f} req/s   "
+              f"p50 {phase['p50_ms']:6.2f} ms   p99 {phase['p99_ms']:6.2f} ms   "
+              f"server CPU {phase['server_cpu_us_per_request']:5.0f} us/request   ({phase['requests']} requests)")
+    batch = result["batch_10k_csv_ms"]
+    print(f"HTTP 10,000-row CSV batch ({batch['body_bytes'] / 1e6:.1f} MB):  median {batch['median']:.1f} ms   "
+          f"min {batch['min']:.1f} ms   max {batch['max']:.1f} ms")
+    if "slow_clients" in result:
+        slow = result["slow_clients"]["slow"]
+        print(f"with {slow['connections']} slow connections (a byte every {slow['interval_s']:g} s; half bodies, "
+              "half headers), one request at a time on a new connection:")
+        for name, timed in result["slow_clients"]["timed"].items():
+            figures = (f"p50 {timed['p50_ms']:7.2f} ms   p99 {timed['p99_ms']:7.2f} ms   max {timed['max_ms']:7.1f} ms"
+                       if timed["p50_ms"] is not None else "no answer")
+            print(f"  {name:8s} {figures}   ({timed['requests']} requests, {timed['failed']} failed or timed out)")
+        lifetime = slow["median_lifetime_s"]
+        print(f"  slow connections: {slow['opened']} opened; ended by the server: {slow['endings'] or 'none'}"
+              + (f", after {lifetime:.1f} s (median)" if lifetime is not None else ""))
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None,
@@ -437,8 +712,22 @@ def main(argv: list[str] | None = None) -> int:
                              "or auto (wrk when on PATH; default)")
     parser.add_argument("--batch-repeats", type=int, default=15,
                         help="timed 10,000-row batch requests; the median is reported (default 15)")
+    parser.add_argument("--slow-clients", type=int, default=200,
+                        help=f"slow connections in the slow-client phase, 0 to skip it (at most {MAX_SLOW_CLIENTS})")
+    parser.add_argument("--slow-interval", type=float, default=1.5,
+                        help="seconds between two bytes of a slow connection (default 1.5)")
+    parser.add_argument("--compare", action="append", default=[], metavar='LABEL="ARGS"',
+                        help="also measure the Procfile command with these gunicorn arguments appended (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if not 0 <= args.slow_clients <= MAX_SLOW_CLIENTS:
+        parser.error(f"--slow-clients: 0 to {MAX_SLOW_CLIENTS}")
+    designs = [("procfile", "")]
+    for spec in args.compare:
+        label, sep, extra = spec.partition("=")
+        if not sep or not label:
+            parser.error(f'--compare takes LABEL="gunicorn args", found {spec!r}')
+        designs.append((label, extra))
 
     with tempfile.TemporaryDirectory(prefix="ccfraud-bench-") as tmp:
         model_dir = choose_model(args.model, Path(tmp))
@@ -448,8 +737,9 @@ def main(argv: list[str] | None = None) -> int:
         bodies = record_bodies(data)
         csv_body = data.to_csv(index=False).encode()
 
+        load_before = load_average()
         print(f"[bench] model {loaded.version} from {model_dir} ({loaded.metadata.get('candidate', 'model')}); "
-              f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
+              f"{os.cpu_count()} CPUs; load average {load_before}", file=sys.stderr)
         rate = in_process_rate(loaded.model, rows[:1000], min(args.seconds, 5.0))
         fast_rate = scorer_rate(loaded.model, rows[:1000], min(args.seconds, 2.0))
         started = time.perf_counter()
@@ -461,38 +751,28 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--load wrk: wrk is not on PATH (Debian/Ubuntu: apt-get install wrk)")
         script = Path(tmp) / "predict.lua"
         script.write_text(wrk_script(bodies))
-        server = Server(Path(model_dir).resolve())
-        try:
-            server.wait_ready()
-            if wrk:
-                single = [run_wrk(wrk, server.port, script, n, args.seconds) for n in (1, 16)]
-            else:
-                single = [run_clients(server.port, bodies, n, args.seconds, args.max_requests) for n in (1, 16)]
-            results = {
-                "model_version": loaded.version,
-                "load_generator": "wrk" if wrk else "python",
-                "in_process_single_row_per_s": rate,
-                "in_process_scorer_single_row_per_s": fast_rate,
-                "in_process_batch_10k_ms": in_process_batch * 1e3,
-                "single": single,
-            }
-            times = batch_times(server.port, csv_body, args.batch_repeats)
-            results["batch_10k_csv_ms"] = {"median": statistics.median(times) * 1e3, "min": min(times) * 1e3,
-                                           "max": max(times) * 1e3, "body_bytes": len(csv_body)}
-        finally:
-            server.stop()
+        measured = [measure_design(label, extra, Path(model_dir).resolve(), args, wrk, script, bodies, csv_body)
+                    for label, extra in designs]
+        results = {
+            "model_version": loaded.version,
+            "load_generator": "wrk" if wrk else "python",
+            "load_average_before": load_before,
+            "load_average_after": load_average(),
+            "in_process_single_row_per_s": rate,
+            "in_process_scorer_single_row_per_s": fast_rate,
+            "in_process_batch_10k_ms": in_process_batch * 1e3,
+            "designs": measured,
+        }
 
+    print(f"machine: {os.cpu_count()} CPUs, load average {results['load_average_before']} before, "
+          f"{results['load_average_after']} after (1, 5, 15 min)")
     print(f"in-process predict_proba, one row:  {rate:8.0f} rows/s   (10,000-row batch in-process: "
           f"{results['in_process_batch_10k_ms']:.1f} ms)")
     print(f"in-process server scoring path, one row: {fast_rate:8.0f} rows/s   (no HTTP, no parsing)")
     print(f"load generator: {results['load_generator']}"
           + ("" if wrk else " (the built-in loop; wrk, if installed, takes less of the CPU the server shares)"))
-    for phase in results["single"]:
-        print(f"HTTP single record, {phase['clients']:2d} client(s):  {phase['throughput_rps']:8.0f} req/s   "
-              f"p50 {phase['p50_ms']:6.2f} ms   p99 {phase['p99_ms']:6.2f} ms   ({phase['requests']} requests)")
-    batch = results["batch_10k_csv_ms"]
-    print(f"HTTP 10,000-row CSV batch ({batch['body_bytes'] / 1e6:.1f} MB):  median {batch['median']:.1f} ms   "
-          f"min {batch['min']:.1f} ms   max {batch['max']:.1f} ms")
+    for result in measured:
+        print_design(result)
     print(f"server command: {shlex.join(['sh', '-c', procfile_command(0)]).replace(':0 ', ':$PORT ')}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -3,7 +3,9 @@
 No timing is asserted (figures belong to the benchmarks' printout); these tests check
 that the load loop reads whole responses on kept-alive and on closed connections, stops
 on an error status or counts failed requests when asked to (the soak's worker kill), that
-the wrk script it writes is one wrk runs, and that the soak reads processes' memory.
+the wrk script it writes is one wrk runs, that the slow-client phase replaces the
+connections the server ends and counts how it ended them, and that the soak reads
+processes' memory and the benchmark their CPU time.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import http.server
 import importlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,6 +178,85 @@ def test_wrk_counts_failed_requests_when_asked(tmp_path):
     assert BODIES[1] in seen
 
 
+# --- the slow-client phase -------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def closing_server(answer: bytes) -> Iterator[tuple[int, list[bytes]]]:
+    """A loopback server that reads a connection's first bytes, sends ``answer`` (may be empty) and closes it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    firsts: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with sock, contextlib.suppress(OSError):  # the clients close their sockets when they stop
+                sock.settimeout(5)
+                firsts.append(sock.recv(65536))
+                sock.sendall(answer)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):  # until the client closes: no reset for bytes it sent meanwhile
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], firsts
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def test_slow_clients_replace_the_connections_the_server_ends_and_count_how_it_ended_them():
+    answer = b'HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'
+    with closing_server(answer) as (port, firsts):
+        with bench.SlowClients(port, count=4, interval=0.05, max_seconds=30) as slow:
+            deadline = time.monotonic() + 30
+            while slow.opened < 12 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    summary = slow.summary()
+    assert summary["connections"] == 4
+    assert summary["opened"] >= 12  # every ended connection was replaced
+    assert set(summary["endings"]) == {"408"}
+    assert sum(summary["endings"].values()) >= 8
+    assert summary["median_lifetime_s"] is not None
+    # Half announce a body and send it later, half never finish their headers.
+    assert any(b"Content-Length: 100\r\n\r\n" in first for first in firsts)
+    assert any(first.startswith(b"POST /predict ") and b"Content-Length" not in first for first in firsts)
+
+
+def test_slow_clients_count_a_close_without_an_answer():
+    with closing_server(b"") as (port, _):
+        with bench.SlowClients(port, count=2, interval=0.05, max_seconds=30) as slow:
+            deadline = time.monotonic() + 30
+            while slow.opened < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+    assert set(slow.summary()["endings"]) == {"closed"}
+
+
+def test_slow_clients_refuse_an_unbounded_count():
+    with pytest.raises(ValueError, match="slow clients: 1 to 1000"):
+        bench.SlowClients(1, count=bench.MAX_SLOW_CLIENTS + 1, interval=1.0, max_seconds=1.0)
+
+
+def test_timed_requests_count_answers_and_failures():
+    request = b"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 11\r\n\r\n" + BODIES[0]
+    with predict_server() as (port, seen):
+        result = bench.timed_requests(port, {"predict": request}, seconds=0.2, timeout=5)
+    assert result["predict"]["requests"] == len(seen) > 0
+    assert result["predict"]["failed"] == 0
+    assert 0 < result["predict"]["p50_ms"] <= result["predict"]["p99_ms"] <= result["predict"]["max_ms"]
+    with predict_server(status=500) as (port, _):
+        result = bench.timed_requests(port, {"predict": request}, seconds=0.2, timeout=5)
+    assert result["predict"]["failed"] == result["predict"]["requests"] > 0
+    assert result["predict"]["p99_ms"] is None
+
+
 # --- the soak's memory readings --------------------------------------------------------------------
 
 def test_rss_is_read_for_a_live_process_and_none_once_it_is_gone():
@@ -185,6 +268,17 @@ def test_rss_is_read_for_a_live_process_and_none_once_it_is_gone():
         child.communicate(b"")
     assert child.pid not in bench.child_pids(os.getpid())
     assert soak.rss_mb(child.pid) is None
+
+
+def test_cpu_seconds_grow_with_work_and_are_zero_once_a_process_is_gone():
+    before = bench.cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # 50 ms of CPU: five clock ticks
+        pass
+    assert bench.cpu_seconds(os.getpid()) > before
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert bench.cpu_seconds(child.pid) == 0.0
 
 
 def test_rss_sampler_reports_start_max_and_end_per_process():
