@@ -6,7 +6,7 @@ partition of it. Sources:
 
 * a CSV file (local path, ``https://``, ``s3://bucket/key.csv``): fetched and verified as
   :func:`ccfraud.sources.fetch_dataset` does (md5 when given, a temporary file, clear
-  errors), then converted as a stream of ``partition_rows``-row parts by Arrow's streaming
+  errors), then converted as a stream of ``partition_rows``-row parts by pandas' chunked
   CSV reader. A CSV file is one stream whatever the engine: it cannot be cut into parts
   whose row numbers are known without reading it, so this machine converts it;
 * Parquet: one ``.parquet`` file, a local directory or an ``s3://bucket/prefix/`` of them
@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 #: Rows per part when the caller does not say: about 100 MB in memory (31 float64 columns).
 DEFAULT_PARTITION_ROWS = 400_000
-#: Bytes of CSV text Arrow parses at a time: memory is this plus one partition, whatever the file's size.
-CSV_BLOCK_BYTES = 16 * 1024 * 1024
 #: Seconds between two progress lines (the last part always gets one).
 PROGRESS_SECONDS = 5.0
 PARQUET_SUFFIX = ".parquet"
@@ -318,117 +316,44 @@ class CsvChunk(NamedTuple):
     bytes_read: int
 
 
-class _NotPlainNumbers(Exception):
-    """Arrow could not read a value of the CSV file as a float: the text path must look at it."""
-
-
 def csv_chunks(path: str | os.PathLike[str], *, where: str, partition_rows: int) -> Iterator[CsvChunk]:
     """Stream a creditcard CSV file as frames of ``partition_rows`` rows, never the whole file in memory.
 
-    Arrow parses ``CSV_BLOCK_BYTES`` at a time straight into float64 columns: the fast path,
-    for a clean file. At the first value Arrow cannot read as a number, the file is read
-    again as text from the first row not yet yielded; each block is cast to float64 where
-    it can be, and otherwise goes through pandas and the schema's own checks, which name
-    the column, the row (of the file: data rows from 0) and the value, or accept what the
-    one-shot pandas reader would. A malformed line (a wrong number of fields) is named by
-    its line number.
+    pandas' C parser reads ``partition_rows`` rows at a time: the parser the one-shot read
+    used, so the numbers are the same to the last bit and a partition's own dtypes (a column
+    of True/False, of words) reach the schema's checks as they would have. (Arrow's streaming
+    CSV reader was tried first: it reads the whole file ahead, whatever its block size.)
+    A malformed line is named by its line number.
     """
     path = Path(path)
     if path.stat().st_size == 0:
         raise schema.SchemaError(f"{where}: empty file (0 bytes): no header and no data rows")
     _check_text(path, where=where)
-    done = 0
-    try:
-        for chunk in _csv_chunks(path, where=where, partition_rows=partition_rows, as_text=False, skip=0):
-            yield chunk
-            done = chunk.first_row + len(chunk.frame)
-    except _NotPlainNumbers:
-        log.info("%s: values that are not plain numbers after row %d; reading on as text", where, done)
-    else:
-        if done == 0:
-            raise schema.SchemaError(f"{where}: no data rows (only a header or nothing at all)")
-        return
-    yield from _csv_chunks(path, where=where, partition_rows=partition_rows, as_text=True, skip=done)
-
-
-def _csv_chunks(path: Path, *, where: str, partition_rows: int, as_text: bool, skip: int) -> Iterator[CsvChunk]:
-    """One pass of :func:`csv_chunks`: floats (raising _NotPlainNumbers) or text, from data row ``skip`` on."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pa_csv
-
-    bad_lines: list[str] = []
-
-    def invalid_row(row: Any) -> str:
-        line = f"line {row.number}" if row.number and row.number > 0 else "a line"
-        bad_lines.append(f"{line} has {row.actual_columns} field(s), expected {row.expected_columns}: "
-                         f"{row.text[:80]!r}")
-        return "error"
-
-    def arrow_error(exc: Exception) -> Exception:
-        message = str(exc).strip()
-        if bad_lines:
-            return schema.SchemaError(f"{where}: not a well-formed CSV file: {bad_lines[0]}")
-        if "CSV conversion error" in message and not as_text:
-            return _NotPlainNumbers(message)
-        if "Empty CSV file" in message:
-            return schema.SchemaError(f"{where}: empty file: blank lines only, no header, no data rows")
-        if "UTF8" in message or "UTF-8" in message:
-            return schema.SchemaError(f"{where}: not a UTF-8 text file; is it compressed?")
-        return schema.SchemaError(f"{where}: not a well-formed CSV file: {message}")
-
-    column_type = pa.string() if as_text else pa.float64()
+    first_row = 0
     with open(path, "rb") as handle:
         try:
-            reader = pa_csv.open_csv(
-                handle,
-                read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=False),
-                parse_options=pa_csv.ParseOptions(invalid_row_handler=invalid_row),
-                convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(schema.COLUMNS, column_type),
-                                                      strings_can_be_null=True),
-            )
-        except pa.ArrowInvalid as exc:
-            raise arrow_error(exc) from None
-        names = reader.schema.names
-        schema.check_columns(names, where=where)
-        numeric = pa.schema([(name, pa.float64()) for name in names])
-
-        def numeric_batches() -> Iterator[Any]:
-            first_row = 0
+            reader = pd.read_csv(handle, chunksize=partition_rows, low_memory=False)
+        except pd.errors.EmptyDataError:
+            raise schema.SchemaError(f"{where}: empty file: blank lines only, no header, no data rows") from None
+        with reader:
             while True:
                 try:
-                    batch = reader.read_next_batch()
+                    frame = reader.get_chunk()
                 except StopIteration:
-                    return
-                except pa.ArrowInvalid as exc:
-                    raise arrow_error(exc) from None
-                if first_row + batch.num_rows <= skip:  # yielded by the fast pass already
-                    first_row += batch.num_rows
+                    break
+                except pd.errors.ParserError as exc:
+                    raise schema.SchemaError(f"{where}: not a well-formed CSV file: {str(exc).strip()}") from None
+                except UnicodeDecodeError as exc:
+                    raise schema.SchemaError(f"{where}: not a UTF-8 text file (undecodable byte at offset "
+                                             f"{exc.start} of a block); is it compressed?") from None
+                if first_row == 0:
+                    schema.check_columns(list(frame.columns), where=where)
+                if len(frame) == 0:  # a header and no rows
                     continue
-                if first_row < skip:
-                    batch, first_row = batch.slice(skip - first_row), skip
-                if not as_text:
-                    yield batch
-                else:
-                    try:
-                        yield pa.RecordBatch.from_arrays([pc.cast(column, pa.float64()) for column in batch.columns],
-                                                         schema=numeric)
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                        # Not plain numbers: the schema's checks name the column, row and value ...
-                        label = f"{where} ({_rows_label(first_row, batch.num_rows)} of the file)"
-                        clean = schema.validate_dataset(batch.to_pandas(), where=label, first_row=first_row,
-                                                        require_both_classes=False)
-                        # ... or accept what pandas reads as numbers, as the one-shot reader would.
-                        yield pa.RecordBatch.from_pandas(clean[names].astype("float64"), schema=numeric,
-                                                         preserve_index=False)
-                first_row += batch.num_rows
-
-        rows = 0
-        for table, start in _exact_chunks(numeric_batches(), partition_rows):
-            rows += table.num_rows
-            label = f"{where} ({_rows_label(skip + start, table.num_rows)} of the file)"
-            yield CsvChunk(table.to_pandas(), skip + start, label, handle.tell())
-    if rows == 0 and skip == 0:
+                label = f"{where} ({_rows_label(first_row, len(frame))} of the file)"
+                yield CsvChunk(frame, first_row, label, handle.tell())
+                first_row += len(frame)
+    if first_row == 0:
         raise schema.SchemaError(f"{where}: no data rows (only a header or nothing at all)")
 
 
@@ -524,9 +449,7 @@ def parquet_files(source: str, options: dict[str, Any] | None) -> list[str]:
             fs.info(root)  # FileNotFoundError, PermissionError, ...: named by _source_errors
             return [protocol + root]
         root = root.rstrip("/")
-        if protocol:
-            fs.ls(root.split("/", 1)[0], detail=False)  # a missing bucket or bad credentials fail here, clearly
-        elif not fs.isdir(root):
+        if not protocol and not fs.isdir(root):
             raise sources.SourceError(f"{source}: no such directory")
         if fs.exists(f"{root}/{lake.MANIFEST}"):
             manifest = lake.read_manifest(protocol + root, options)
