@@ -29,6 +29,8 @@ from ccfraud.serving import create_app
 #: logreg_model_dir and forest_model_dir, shared with other scoring tests.
 pytest_plugins = ["model_fixtures"]
 
+ROOT = Path(__file__).resolve().parents[1]
+
 PROBABILITY, DECISION = batch.PROBABILITY, batch.DECISION
 
 
@@ -424,3 +426,20 @@ def test_forest_fixture_is_a_forest(forest_model_dir):
     """The forest parity case exercises the forest kernel on the workers, not a fallback."""
     scorer = batch.Scorer(artifacts.load_model(forest_model_dir).model)
     assert scorer.classifier_path == "binary_forest"
+
+
+def test_the_benchmark_reports_rate_and_memory_of_each_worker_and_the_client(logreg_model_dir, transactions,
+                                                                            tmp_path, dask_client):
+    """The figures are the benchmark's to print; here only that it measures what it says, on a small input."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("batch_benchmark", ROOT / "benchmarks" / "batch_scoring.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    write_parquet_files(transactions, tmp_path / "in", 2)
+    figures = bench.run(dask_client, logreg_model_dir, str(tmp_path / "in"), str(tmp_path / "out"), sample_seconds=0.05)
+    assert figures["rows"] == len(transactions) and figures["partitions"] == 2 and figures["rows_per_second"] > 0
+    assert set(figures["workers"]) == set(dask_client.scheduler_info()["workers"])
+    assert all(memory["sampled_peak_mib"] > 0 and memory["high_water_mib"] >= memory["sampled_peak_mib"]
+               for memory in figures["workers"].values())
+    assert figures["client"]["high_water_mib"] >= figures["client"]["sampled_peak_mib"] > 0
