@@ -387,8 +387,9 @@ def test_s3_failures_name_the_bucket_the_key_and_the_cause(s3_env: Any, earlier:
     key = f"in/{uuid.uuid4().hex[:8]}/one.parquet"
     put_parquet(s3_env, key, frame)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    with pytest.raises(SourceError, match=rf"cannot read s3://{bucket}/{key.rsplit('/', 1)[0]}/: wrong credentials: "
-                                          "the secret key does not match"):
+    # Listing a prefix with a wrong secret: SeaweedFS answers 403 without saying which part is wrong.
+    with pytest.raises(SourceError, match=rf"cannot read s3://{bucket}/{key.rsplit('/', 1)[0]}/: "
+                                          r"(wrong credentials|access denied \(HTTP 403\): wrong credentials)"):
         ingest.download(f"s3://{bucket}/{key.rsplit('/', 1)[0]}/", earlier)
     with pytest.raises(SourceError, match=rf"s3://{bucket}/{key}: .*(wrong credentials|access denied)"):
         ingest.download(f"s3://{bucket}/{key}", earlier)
