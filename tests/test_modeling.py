@@ -111,3 +111,17 @@ def test_corrected_probabilities_stay_within_zero_and_one():
         out = modeling.correct_probability(p, beta)
         assert np.all((out >= 0.0) & (out <= 1.0))
         assert np.all(np.diff(out) >= 0)
+
+
+def test_a_sampled_training_set_multiplies_the_prior_correction(splits):
+    """Drawing half the legitimate rows before a 1:4 undersampler shifts the odds by both factors."""
+    train, y = splits.train, splits.train[schema.TARGET]
+    plain = modeling.make_pipeline("logreg", "undersample", sampling_ratio=0.25, seed=0).fit(train, y)
+    drawn = modeling.make_pipeline("logreg", "undersample", sampling_ratio=0.25, seed=0,
+                                   legit_fraction=0.5).fit(train, y)
+    assert drawn.beta_ == pytest.approx(plain.beta_ * 0.5)
+    raw = drawn.estimator_.predict_proba(splits.valid[schema.FEATURES])[:, 1]
+    corrected = modeling.fraud_probability(drawn, splits.valid)
+    np.testing.assert_allclose(corrected / (1 - corrected), drawn.beta_ * raw / (1 - raw), rtol=1e-9)
+    with pytest.raises(ValueError, match=r"legit_fraction must be in \(0, 1\]"):
+        modeling.make_pipeline("logreg", legit_fraction=0.0).fit(train, y)

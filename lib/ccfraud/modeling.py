@@ -7,7 +7,9 @@ resampling never touches a validation fold or the test split.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ from imblearn.under_sampling.base import BaseUnderSampler
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, TimeSeriesSplit
 from sklearn.utils.validation import check_is_fitted
 
@@ -62,8 +65,12 @@ def make_sampler(name: str, ratio: float = 1.0, seed: int = 0) -> BaseEstimator 
 
 
 def make_pipeline(model: str, sampler: str = "none", *, sampling_ratio: float = 1.0, seed: int = 0,
-                  **params: Any) -> PriorCorrected:
-    """preprocess -> (resample) -> classifier, wrapped to undo the prior shift resampling causes."""
+                  legit_fraction: float = 1.0, **params: Any) -> PriorCorrected:
+    """preprocess -> (resample) -> classifier, wrapped to undo the prior shift resampling causes.
+
+    ``legit_fraction``: the share of legitimate rows the training rows kept when they were
+    drawn from a larger split (every fraud kept); 1 when the model sees the whole split.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
     if sampler == "class_weight":
@@ -75,7 +82,7 @@ def make_pipeline(model: str, sampler: str = "none", *, sampling_ratio: float = 
         ("sample", make_sampler(sampler, sampling_ratio, seed) or "passthrough"),
         ("model", make_classifier(model, seed, **params)),
     ]
-    return PriorCorrected(Pipeline(steps))
+    return PriorCorrected(Pipeline(steps), legit_fraction=legit_fraction)
 
 
 def _class_weights(classifier: BaseEstimator, n_legit: int, n_fraud: int) -> tuple[float, float]:
@@ -121,19 +128,27 @@ class PriorCorrected(ClassifierMixin, BaseEstimator):
 
     Ranking (and so AUPRC) is unchanged; probabilities become estimates of the real
     fraud rate, which the threshold, the Brier score and a fraud analyst rely on.
+
+    Two samplings shift the prior, and their betas multiply (each scales the odds): the
+    pipeline's own resampler or class weights, and ``legit_fraction``, the share of
+    legitimate rows kept when the training rows were drawn from a split too large to
+    train on whole (every fraud kept, see ``training.draw_training_sample``).
     """
 
-    def __init__(self, estimator: Pipeline):
+    def __init__(self, estimator: Pipeline, legit_fraction: float = 1.0):
         self.estimator = estimator
+        self.legit_fraction = legit_fraction
 
     def fit(self, X: pd.DataFrame, y) -> PriorCorrected:
+        if not 0.0 < self.legit_fraction <= 1.0:
+            raise ValueError(f"legit_fraction must be in (0, 1], got {self.legit_fraction!r}")
         y = np.asarray(y, dtype=int)
         n_fraud = int(y.sum())
         n_legit = len(y) - n_fraud
         if n_fraud == 0 or n_legit == 0:
             raise ValueError(f"training needs both classes, got {n_legit} legitimate and {n_fraud} fraud rows")
         self.estimator_ = clone(self.estimator).fit(X[schema.FEATURES], y)
-        self.beta_ = float(prior_shift_beta(self.estimator_, n_legit, n_fraud))
+        self.beta_ = float(prior_shift_beta(self.estimator_, n_legit, n_fraud)) * float(self.legit_fraction)
         self.classes_ = np.array([0, 1])
         self.feature_names_in_ = np.array(schema.FEATURES, dtype=object)
         return self
@@ -158,6 +173,26 @@ def cv_splitter(split_strategy: str, folds: int, seed: int = 0):
     if split_strategy == "time":
         return TimeSeriesSplit(n_splits=folds)
     return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+
+
+def _sampled_average_precision(estimator: BaseEstimator, X: pd.DataFrame, y, legit_weight: float) -> float:
+    y = np.asarray(y, dtype=int)
+    scores = estimator.predict_proba(X)[:, 1]
+    return float(average_precision_score(y, scores, sample_weight=np.where(y == 1, 1.0, legit_weight)))
+
+
+def auprc_scoring(legit_fraction: float = 1.0) -> str | Callable[..., float]:
+    """The CV scorer: average precision, with legitimate rows weighted 1/``legit_fraction`` when sampled.
+
+    A fold of a training sample has more frauds per legitimate row than the data; the
+    weight restores the real mix, so the CV AUPRC estimates what the full data would give
+    (and stays comparable with the test AUPRC) instead of flattering every candidate.
+    """
+    if legit_fraction == 1.0:
+        return "average_precision"
+    if not 0.0 < legit_fraction < 1.0:
+        raise ValueError(f"legit_fraction must be in (0, 1], got {legit_fraction!r}")
+    return functools.partial(_sampled_average_precision, legit_weight=1.0 / legit_fraction)
 
 
 def _grid(spec: dict[str, Any], seed: int) -> list[dict[str, list]]:
@@ -221,16 +256,21 @@ def search_candidate(
     folds: int = 3,
     seed: int = 0,
     n_jobs: int = 1,
+    legit_fraction: float = 1.0,
 ) -> SearchResult:
-    """Grid-search one candidate by cross-validated average precision on the train split only."""
+    """Grid-search one candidate by cross-validated average precision on the train split only.
+
+    ``legit_fraction`` < 1: ``X`` is a sample of the train split with that share of its
+    legitimate rows (every fraud); the scorer and the prior correction account for it.
+    """
     spec = dict(spec)
     model = spec.pop("model", name)
-    base = make_pipeline(model, "none", seed=seed)
+    base = make_pipeline(model, "none", seed=seed, legit_fraction=legit_fraction)
     grids = _grid(spec, seed)
     search = GridSearchCV(
         base,
         grids,
-        scoring="average_precision",
+        scoring=auprc_scoring(legit_fraction),
         cv=cv_splitter(split_strategy, folds, seed),
         n_jobs=n_jobs,
         refit=True,
@@ -264,11 +304,23 @@ def search_candidate(
     )
 
 
-def search_all(candidates: dict[str, dict[str, Any]], X: pd.DataFrame, y, **kwargs: Any) -> list[SearchResult]:
-    """Search every candidate; the list is sorted best first by CV AUPRC."""
+def search_all(candidates: dict[str, dict[str, Any]], X: pd.DataFrame, y, *,
+               progress: Callable[[str], None] | None = None, **kwargs: Any) -> list[SearchResult]:
+    """Search every candidate; the list is sorted best first by CV AUPRC.
+
+    ``progress`` receives a line before and after each candidate (``candidate i of n``).
+    """
     if not candidates:
         raise ValueError("no candidates to train: params.yaml train.candidates is empty")
-    results = [search_candidate(name, spec or {}, X, y, **kwargs) for name, spec in candidates.items()]
+    results = []
+    for number, (name, spec) in enumerate(candidates.items(), start=1):
+        label = f"candidate {number} of {len(candidates)}: {name}"
+        if progress:
+            progress(f"{label} ...")
+        results.append(search_candidate(name, spec or {}, X, y, **kwargs))
+        if progress:
+            progress(f"{label} done: CV AUPRC {results[-1].cv_auprc_mean:.4f} "
+                     f"({results[-1].n_configs} configurations, {results[-1].search_seconds:.0f} s)")
     return sorted(results, key=lambda r: r.cv_auprc_mean, reverse=True)
 
 
@@ -290,11 +342,33 @@ def candidates_table(results: list[SearchResult]) -> pd.DataFrame:
     )
 
 
-def refit(estimator: BaseEstimator, frame: pd.DataFrame) -> BaseEstimator:
-    """A fresh copy of a chosen configuration fitted on ``frame`` (features and Class)."""
-    return clone(estimator).fit(frame, frame[schema.TARGET])
+def refit(estimator: BaseEstimator, frame: pd.DataFrame, legit_fraction: float | None = None) -> BaseEstimator:
+    """A fresh copy of a chosen configuration fitted on ``frame`` (features and Class).
+
+    ``legit_fraction``: the share of legitimate rows ``frame`` kept of the rows it was drawn
+    from (a :class:`PriorCorrected` corrects for it); None keeps the estimator's own.
+    """
+    fresh = clone(estimator)
+    if legit_fraction is not None:
+        fresh.set_params(legit_fraction=legit_fraction)
+    return fresh.fit(frame, frame[schema.TARGET])
 
 
 def fraud_probability(model: BaseEstimator, frame: pd.DataFrame) -> np.ndarray:
     """P(fraud) for each row, features taken by name in the one feature order."""
     return model.predict_proba(frame[schema.FEATURES])[:, 1]
+
+
+SCORE = "score"
+#: What scoring a labelled split keeps per row: all that metrics, curves and the threshold rules need.
+SCORED_COLUMNS = (schema.TARGET, SCORE, schema.AMOUNT)
+
+
+def scored_rows(frame: pd.DataFrame, model: BaseEstimator) -> pd.DataFrame:
+    """Label, P(fraud) and amount of every row of a labelled frame (or partition), in order."""
+    if len(frame) == 0:
+        return pd.DataFrame({schema.TARGET: pd.Series(dtype="int64"), SCORE: pd.Series(dtype="float64"),
+                             schema.AMOUNT: pd.Series(dtype="float64")})
+    return pd.DataFrame({schema.TARGET: frame[schema.TARGET].to_numpy(dtype="int64"),
+                         SCORE: fraud_probability(model, frame),
+                         schema.AMOUNT: frame[schema.AMOUNT].to_numpy(dtype="float64")})
