@@ -3,7 +3,7 @@
 * ``dask_client``: one cluster per test session (per xdist worker), for tests that do not hurt it.
 * ``dask_client_fresh``: a cluster of its own for one test, which may kill its workers.
 
-Both run in this machine's processes, on loopback, with no dashboard; nothing is mocked.
+Both run in this machine's processes, on loopback; nothing is mocked.
 """
 
 from __future__ import annotations
@@ -13,9 +13,13 @@ from typing import Any
 
 import pytest
 
+from ccfraud.compute import LOCAL_DASHBOARD
+
 #: Two single-threaded worker processes: real parallelism, real pickling, real worker loss.
+#: The dashboard on a free loopback port, as compute.dask_client does: without one the scheduler's
+#: HTTP server still tries 8787 and warns whenever another cluster (another test process) holds it.
 CLUSTER_OPTIONS = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "memory_limit": "1GiB",
-                   "dashboard_address": None, "host": "127.0.0.1"}
+                   "dashboard_address": LOCAL_DASHBOARD, "host": "127.0.0.1"}
 
 
 def _client() -> Iterator[Any]:
