@@ -54,7 +54,7 @@ def test_push_then_pull_restores_identical_outputs(pipeline_run: Path, s3_server
     run(["dvc", "remote", "modify", "--local", "storage", "endpointurl", s3_server.endpoint_url], repo, env)
 
     outputs = cached_outputs(repo)
-    assert {"data/raw/creditcard", "data/processed/train.parquet", "models/model.skops",
+    assert {"data/raw/creditcard", "data/processed/train", "models/model.skops",
             "models/model.json", "reports/03_train.html"} <= set(outputs)
     before = sha256s(repo, outputs)
     run(["dvc", "push"], repo, env)

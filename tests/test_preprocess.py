@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ccfraud import preprocess, schema, synthetic
+from ccfraud import lake, preprocess, schema, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +89,91 @@ def test_scaler_is_fitted_on_train_only(data):
 
 def test_write_and_read_splits_roundtrip(data, tmp_path):
     splits = preprocess.split(data, "time")
-    paths = preprocess.write_splits(splits, tmp_path / "processed")
-    assert sorted(p.name for p in paths.values()) == ["test.parquet", "train.parquet", "valid.parquet"]
+    paths = preprocess.write_splits(splits, tmp_path / "processed", partition_rows=1000)
+    assert sorted(p.name for p in paths.values()) == ["test", "train", "valid"]
+    # 3600 train rows in parts of at most 1000 rows: a lake dataset of four parts, committed by its manifest.
+    assert [part["rows"] for part in lake.read_manifest(str(paths["train"]))["parts"]] == [1000, 1000, 1000, 600]
     again = preprocess.read_splits(tmp_path / "processed")
-    pd.testing.assert_frame_equal(again.test, splits.test)
-    assert not list((tmp_path / "processed").glob(".*tmp"))
+    for name, part in splits.items():
+        pd.testing.assert_frame_equal(getattr(again, name), part)
+    digests = preprocess.split_digests(tmp_path / "processed")
+    preprocess.write_splits(splits, tmp_path / "processed", partition_rows=1000)
+    assert preprocess.split_digests(tmp_path / "processed") == digests
 
 
-def test_read_splits_says_which_file_is_missing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train.parquet not found"):
+def test_read_splits_says_which_split_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no committed 'train' split; run the eda_preprocess stage"):
         preprocess.read_splits(tmp_path)
+
+
+def test_prepare_in_memory_is_drop_duplicates_then_split(data):
+    doubled = pd.concat([data, data.iloc[[3, 4000]]], ignore_index=True)
+    prepared = preprocess.prepare(doubled, "time", seed=1)
+    expected = preprocess.split(preprocess.drop_duplicates(doubled)[0], "time", seed=1)
+    for name, part in expected.items():
+        pd.testing.assert_frame_equal(getattr(prepared.splits, name), part)
+    assert (prepared.rows_in, prepared.duplicates) == (len(doubled), 2)
+    facts = prepared.facts["test"]
+    assert facts["rows"] == len(expected.test) and facts["frauds"] == int(expected.test[schema.TARGET].sum())
+    assert facts["first_time"] == expected.test[schema.TIME].iloc[0] == expected.test[schema.TIME].min()
+
+
+@pytest.fixture(scope="module")
+def shuffled_with_duplicates(data) -> pd.DataFrame:
+    """Rows out of Time order, exact duplicates far apart and many tied Times (Time is in whole seconds)."""
+    doubled = pd.concat([data, data.iloc[[5, 100, 3000, 5999]]], ignore_index=True)
+    return doubled.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def dask_frame(frame: pd.DataFrame, tmp_path, rows: int = 700):
+    """``frame`` as a lake dataset of ``rows``-row parts, read back as a dask frame (as the stage reads raw data)."""
+    target = str(tmp_path / "raw")
+    lake.write_frames((frame.iloc[i:i + rows] for i in range(0, len(frame), rows)), target)
+    return lake.read_dask(target)
+
+
+def test_dask_time_split_equals_the_pandas_split(shuffled_with_duplicates, tmp_path, dask_client):
+    frame = shuffled_with_duplicates
+    assert frame[schema.TIME].duplicated().sum() > 100  # ties exist, and straddle partition edges
+    on_dask = preprocess.prepare(dask_frame(frame, tmp_path), "time", valid_size=0.2, test_size=0.25, seed=1)
+    in_memory = preprocess.prepare(frame, "time", valid_size=0.2, test_size=0.25, seed=1)
+    assert (on_dask.rows_in, on_dask.duplicates) == (in_memory.rows_in, in_memory.duplicates) == (len(frame), 4)
+    assert on_dask.facts == in_memory.facts
+    for name, part in in_memory.splits.items():
+        pd.testing.assert_frame_equal(getattr(on_dask.splits, name).compute().reset_index(drop=True), part)
+    # The cluster writes the same data the pandas engine writes.
+    preprocess.write_splits(on_dask.splits, tmp_path / "dask", partition_rows=1000, client=dask_client)
+    preprocess.write_splits(in_memory.splits, tmp_path / "pandas", partition_rows=1000)
+    for name, part in preprocess.read_splits(tmp_path / "dask").items():
+        pd.testing.assert_frame_equal(part, getattr(preprocess.read_splits(tmp_path / "pandas"), name))
+
+
+def test_dask_stratified_split_partitions_the_rows_and_keeps_the_fraud_rate(data, tmp_path, dask_client):
+    prepared = preprocess.prepare(dask_frame(data, tmp_path), "stratified", valid_size=0.2, test_size=0.25, seed=3)
+    parts = {name: part.compute() for name, part in prepared.splits.items()}
+    keys = [set(map(tuple, part[schema.FEATURES].to_numpy())) for part in parts.values()]
+    assert sum(map(len, keys)) == len(data) and len(set.union(*keys)) == len(data)
+    assert len(parts["test"]) == pytest.approx(0.25 * len(data), rel=0.1)
+    rate = data[schema.TARGET].mean()
+    for part in parts.values():
+        assert part[schema.TARGET].mean() == pytest.approx(rate, rel=0.5)
+    # The assignment depends on the rows only: another partitioning gives the same parts.
+    again = preprocess.prepare(dask_frame(data, tmp_path, rows=2500), "stratified", valid_size=0.2,
+                               test_size=0.25, seed=3)
+    pd.testing.assert_frame_equal(again.splits.test.compute().reset_index(drop=True),
+                                  parts["test"].reset_index(drop=True))
+
+
+def test_dask_split_refuses_a_part_without_frauds(tmp_path, dask_client):
+    data = synthetic.generate(rows=400, frauds=2, seed=0)
+    with pytest.raises(ValueError, match="needs both classes"):
+        preprocess.prepare(dask_frame(data, tmp_path, rows=100), "time")
+
+
+def test_scaler_rows_are_all_of_train_up_to_the_limit(data):
+    train = preprocess.split(data, "time").train
+    rows, fraction = preprocess.scaler_rows(train, len(train), seed=0)
+    assert rows is train and fraction == 1.0
+    rows, fraction = preprocess.scaler_rows(train, len(train), seed=0, limit=900)
+    assert fraction == pytest.approx(900 / len(train))
+    assert abs(len(rows) - 900) < 5 * 27  # binomial sd about 27 rows

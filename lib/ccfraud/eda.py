@@ -3,6 +3,10 @@
 It follows the Kaggle notebook "Credit Fraud || Dealing with Imbalanced Datasets":
 what the imbalance hides in the full data, what a balanced subsample reveals, and
 which features separate the classes. The plots are made in the notebook.
+
+Statistics of the full data come from :mod:`ccfraud.summaries` (aggregated on the cluster
+with the dask engine); what needs rows (box plots, projections, fraud quantiles) works on
+samples drawn there: the frauds are few and always all kept.
 """
 
 from __future__ import annotations
@@ -14,23 +18,15 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
 from ccfraud import schema
+from ccfraud.summaries import ClassMoments
 
 
-def class_balance(frame: pd.DataFrame) -> pd.DataFrame:
+def class_balance(stats: ClassMoments) -> pd.DataFrame:
     """Rows and share of each class."""
-    counts = frame[schema.TARGET].value_counts().reindex([0, 1], fill_value=0)
+    counts = np.array([stats.legits, stats.frauds])
     return pd.DataFrame(
-        {"class": ["legitimate (0)", "fraud (1)"], "rows": counts.to_numpy(),
-         "share": (counts / counts.sum()).round(6).to_numpy()}
+        {"class": ["legitimate (0)", "fraud (1)"], "rows": counts, "share": (counts / counts.sum()).round(6)}
     )
-
-
-def plot_sample(frame: pd.DataFrame, legit_rows: int, seed: int = 0) -> pd.DataFrame:
-    """All frauds plus at most ``legit_rows`` legitimate rows: plots stay fast on 284k rows."""
-    frauds = frame[frame[schema.TARGET] == 1]
-    legit = frame[frame[schema.TARGET] == 0]
-    legit = legit.sample(n=min(legit_rows, len(legit)), random_state=seed)
-    return pd.concat([legit, frauds]).sort_index()
 
 
 def balanced_subsample(frame: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFrame:
@@ -42,10 +38,10 @@ def balanced_subsample(frame: pd.DataFrame, per_class: int, seed: int = 0) -> pd
     return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def class_correlations(frame: pd.DataFrame) -> pd.Series:
-    """Correlation of each feature with Class, strongest (by absolute value) first."""
-    corr = frame[schema.FEATURES].corrwith(frame[schema.TARGET])
-    return corr.reindex(corr.abs().sort_values(ascending=False).index)
+def class_correlations(correlation: pd.DataFrame) -> pd.Series:
+    """Correlation of each feature with Class (from a correlation matrix), strongest (by absolute value) first."""
+    corr = correlation.loc[schema.FEATURES, schema.TARGET]
+    return corr.reindex(corr.abs().sort_values(ascending=False, kind="stable").index)
 
 
 def fraud_iqr_fences(frame: pd.DataFrame, feature: str, k: float = 1.5) -> tuple[float, float, float, float]:

@@ -1,0 +1,75 @@
+"""End to end on the Dask engine: `dvc repro` with ``compute.engine: dask`` in a scratch copy, on small data.
+
+The stages start their own local cluster (two workers on this machine), as they would
+without ``DASK_SCHEDULER_ADDRESS``. The data is small, but cut into several partitions, and
+``train.sample_rows`` is set below the split sizes so that the sampled training path runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import make_project_copy, run, set_params
+
+from ccfraud import lake, preprocess, schema
+
+pytestmark = pytest.mark.slow
+
+DASK_PARAMS = {
+    "compute": {"engine": "dask", "partition_rows": 4000},
+    "eda_preprocess": {"balanced_per_class": 100},
+    "train": {
+        "candidates": {"logreg": {"sampler": ["class_weight"], "C": [1.0]},
+                       "hist_gb": {"sampler": ["none"], "max_iter": [50]}},
+        "bootstrap": 20,
+        "sample_rows": 8000,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def dask_run(tmp_path_factory):
+    repo = make_project_copy(tmp_path_factory.mktemp("dask-pipeline") / "repo")
+    set_params(repo, DASK_PARAMS)
+    run(["git", "commit", "-q", "-am", "the dask engine on small data"], repo)
+    result = run(["dvc", "repro"], repo)
+    return repo, result.stdout + result.stderr
+
+
+def test_the_dask_engine_writes_the_splits_the_pandas_engine_would(dask_run):
+    repo, output = dask_run
+    processed = repo / "data" / "processed"
+    manifest = preprocess.read_manifest(processed)
+    assert manifest["engine"] == "dask" and manifest["split"] == "time"
+    raw = lake.read_pandas(str(repo / "data" / "raw" / "creditcard"))
+    expected = preprocess.prepare(raw, "time", valid_size=manifest["valid_size"], test_size=manifest["test_size"],
+                                  seed=manifest["seed"])
+    written = preprocess.read_splits(processed)
+    for name, part in expected.splits.items():
+        pd.testing.assert_frame_equal(getattr(written, name), part)
+    assert manifest["splits"] == expected.facts
+    assert manifest["time_cuts"]["test_from"] == expected.splits.test[schema.TIME].iloc[0]
+    assert len(lake.read_manifest(str(processed / "train"))["parts"]) > 1  # written by the workers, part by part
+    # Progress reached the console: steps with i of n, and the candidates one by one.
+    assert "[eda_preprocess] step 4/4" in output and "[train] step 3/3" in output
+    assert "[train] candidate 2 of 2" in output
+
+
+def test_the_dask_engine_trains_on_a_sample_and_scores_the_whole_test_split(dask_run):
+    repo, _ = dask_run
+    manifest = preprocess.read_manifest(repo / "data" / "processed")
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    sample = metrics["training_sample"]
+    splits = manifest["splits"]
+    assert 0.0 < sample["search"]["legit_fraction"] < 1.0 and 0.0 < sample["refit"]["legit_fraction"] < 1.0
+    assert sample["search"]["frauds"] == splits["train"]["frauds"]  # every fraud is kept
+    assert sample["refit"]["frauds"] == splits["train"]["frauds"] + splits["valid"]["frauds"]
+    assert sample["search"]["rows"] < splits["train"]["rows"]
+    test = metrics["test"]
+    assert (test["rows"], test["frauds"]) == (splits["test"]["rows"], splits["test"]["frauds"])
+    assert 0.0 < test["auprc"] <= 1.0 and 0.0 < metrics["threshold"] < 1.0
+    model = json.loads((repo / "models" / "model.json").read_text())
+    assert model["prior_correction_beta"] < 1.0 and model["training_sample"] == sample
+    assert "engine <strong>dask</strong>" in (repo / "reports" / "03_train.html").read_text()
