@@ -32,6 +32,7 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+import gevent
 from gevent import monkey
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from gunicorn.config import Config
     from gunicorn.glogging import Logger
     from gunicorn.http.message import Request
+
+
+#: Any positive sleep resumes a greenlet only after the event loop's next poll for I/O; ``sleep(0)`` may not.
+NEXT_TURN = 1e-6
 
 
 class HeadersTimeout(Exception):
@@ -158,6 +163,12 @@ class BoundedGeventWorker(GeventWorker):
         try:
             super().handle_request(listener_name, req, sock, addr)
             self._drain(req)
+            # The connection stays open. If its client has already sent its next request, the
+            # read below would return at once and this greenlet would serve request after request
+            # while others wait (a p99 of 260-390 ms at 16 clients, against 60-90 ms for sync
+            # workers). Wait for the event loop's next turn first: the other connections' ready
+            # requests are served in between, round robin.
+            gevent.sleep(NEXT_TURN)
         finally:
             if sock.timed_out:  # the application answered 408
                 sock.close_gracefully()
