@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ccfraud import artifacts, batch, cli, lake, publish, s3, schema, synthetic
+from ccfraud import artifacts, batch, cli, compute, lake, publish, s3, schema, synthetic
 from ccfraud.serving import create_app
 
 #: logreg_model_dir and forest_model_dir, shared with other scoring tests.
@@ -295,7 +295,7 @@ class WorkerKiller(threading.Thread):
 def test_a_worker_killed_mid_job_changes_nothing_in_the_output(logreg_model_dir, transactions, tmp_path,
                                                                dask_client_fresh):
     """Distributed reruns the lost tasks; they write the same bytes, so the dataset equals a clean run's."""
-    files = 60
+    files = 40
     write_parquet_files(transactions, tmp_path / "in", files)
     model = artifacts.load_model(logreg_model_dir)
     clean = batch.score(model, str(tmp_path / "in"), str(tmp_path / "clean"), client=dask_client_fresh)
@@ -375,11 +375,12 @@ def test_cli_usage_error_exits_2(capsys):
 
 
 @pytest.fixture
-def s3_cluster(request, s3_env, monkeypatch):
-    """A cluster whose workers have the test server's credentials in their environment, and no endpoint:
-    only ``--endpoint-url`` says where the store is."""
+def s3_cluster(s3_env, monkeypatch):
+    """A one-worker local cluster from compute.dask_client, started with the test server's credentials in the
+    environment (the worker inherits them) and no endpoint: only ``--endpoint-url`` says where the store is."""
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    return request.getfixturevalue("dask_client_fresh")
+    with dask.config.set({"scheduler-address": None}), compute.dask_client(n_workers=1, memory_limit="1GiB") as client:
+        yield client
 
 
 @pytest.mark.s3
