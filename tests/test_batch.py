@@ -322,6 +322,19 @@ def test_a_worker_killed_mid_job_changes_nothing_in_the_output(logreg_model_dir,
         assert len(run_dirs(tmp_path / "hurt")) == 1
 
 
+def test_a_partition_that_keeps_killing_its_workers_is_an_error_naming_it():
+    """What the scheduler raises after allowed-failures worker deaths on one task, as the job reports it."""
+    from distributed.scheduler import KilledWorker
+
+    key = "ccfraud-score-run-x-00003"
+    error = batch._explain(KilledWorker(key, None, 3), {key: "s3://bucket/in/big.csv (rows 600000-799999)"})
+    assert isinstance(error, batch.BatchError)
+    assert str(error).startswith("s3://bucket/in/big.csv (rows 600000-799999): the Dask workers running it died 4 "
+                                 "time(s) in a row")
+    other = ValueError("not a worker death")
+    assert batch._explain(other, {}) is other
+
+
 # --- the command line ------------------------------------------------------------------------
 
 
