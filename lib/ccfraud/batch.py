@@ -673,8 +673,8 @@ def score(model: str | artifacts.LoadedModel, input_location: str, output: str, 
 
     run_id = lake.new_run_id()
     plugin = ScorerPlugin(loaded, artifacts.library_versions(), name=f"ccfraud-scorer-{run_id}")
-    client.register_plugin(plugin)
     try:
+        client.register_plugin(plugin)  # raises a worker's setup error (other library versions, say)
         parts = _run(client, partitions, run_id, _Task(plugin.name, output, out_options, loaded.threshold,
                                                        loaded.version), report, progress_seconds)
     finally:
