@@ -1,5 +1,5 @@
 """Monitoring: the statistics against hand-computed values, the monitor on fresh and shifted data, bad input
-with the download stage's errors.
+with the download stage's errors, and the command's exit codes.
 
 The reference is real and small: synthetic splits written as the eda_preprocess stage writes them and a
 logistic regression trained on them (``monitoring.write_demo_reference``), built once for the module.
@@ -11,12 +11,14 @@ import functools
 import math
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from scipy import stats
 
-from ccfraud import ingest, monitoring, schema, sources, synthetic
+from ccfraud import cli, ingest, monitoring, schema, sources, synthetic
 from ccfraud.monitoring import Binning, FeatureSummary, Rules
 from ccfraud.serving import model_source
 
@@ -122,6 +124,17 @@ def test_rules_refuse_what_they_cannot_mean():
         Rules(ignore=("Tme",))
     with pytest.raises(monitoring.MonitorError, match=r"unknown key\(s\) \['psi_alarm'\]"):
         Rules.from_params({"psi_alarm": 0.2})
+
+
+def test_params_yaml_monitor_section_is_valid_and_declared_in_the_notebook():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["monitor"]
+    rules = {key: value for key, value in params.items() if key != "show_code"}
+    Rules.from_params(rules)
+    notebook = nbformat.read(ROOT / "notebooks" / "monitor.ipynb", as_version=4)
+    source = next(c.source for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    declared = {line.split("=", 1)[0].strip() for line in source.splitlines() if "=" in line and line[0].isalpha()}
+    passed_by_cli = {"model_dir", "processed_dir", "data", "reports_dir", "endpoint_url", "engine", "partition_rows"}
+    assert set(rules) | passed_by_cli <= declared
 
 
 # ---------------------------------------------------------------------------------------
@@ -255,3 +268,53 @@ def test_bad_input_gets_the_download_stages_error(tmp_path, case):
         assert str(monitored.value) == str(download.value)
     if case == "non_numeric":
         assert "column 'V3': 1 non-numeric value(s), first at row 5: 'abc'" in str(monitored.value)
+
+
+# ---------------------------------------------------------------------------------------
+# The command: notebook, reports and exit codes
+# ---------------------------------------------------------------------------------------
+
+
+def run_cli(monkeypatch, *arguments: str) -> int:
+    monkeypatch.chdir(ROOT)  # the command runs from the repository root, as `ccfraud stage` does
+    return cli.main(["monitor", *arguments])
+
+
+def test_command_exits_with_the_alert_code_and_names_the_drifted_features(reference, tmp_path, monkeypatch, capsys):
+    data = tmp_path / "shifted.parquet"
+    shifted().to_parquet(data)
+    reports = tmp_path / "reports"
+    code = run_cli(monkeypatch, "--model", str(reference[1]), "--processed", str(reference[0]), "--data", str(data),
+                   "--reports", str(reports))
+    assert code == monitoring.EXIT_ALERT
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(line.split(" drifted")[0] for line in out) == ["ALERT feature Amount", "ALERT feature V14"]
+    report = monitoring.read_report(reports)
+    assert report["status"] == "alert" and report["exit_code"] == code
+    assert report["model"]["location"] == str(reference[1])
+    html = (reports / "monitor.html").read_text()
+    assert "ALERT: 2 rule(s) fired" in html and "monitoring.monitor(" not in html  # the report, code hidden
+    assert not (reports / "monitor.failed.ipynb").exists()
+
+
+def test_command_exits_with_the_bad_input_code_and_the_download_stages_message(reference, tmp_path, monkeypatch,
+                                                                                capsys):
+    data = _bad_file(tmp_path, "missing_column")
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / monitoring.REPORT_FILE).write_text('{"status": "quiet"}')  # yesterday's verdict
+    code = run_cli(monkeypatch, "--model", str(reference[1]), "--processed", str(reference[0]), "--data", str(data),
+                   "--reports", str(reports))
+    assert code == monitoring.EXIT_BAD_INPUT
+    assert f"error: {data}: missing column(s) ['V3']" in capsys.readouterr().err
+    assert not (reports / monitoring.REPORT_FILE).exists() and not (reports / "monitor.html").exists()
+
+
+def test_command_refuses_credentials_in_the_data_uri_before_recording_anything(tmp_path, monkeypatch, capsys):
+    reports = tmp_path / "reports"
+    code = run_cli(monkeypatch, "--model", "models", "--data", "https://user:hunter2@example.invalid/new.csv",
+                   "--reports", str(reports))
+    assert code == monitoring.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "carries credentials" in err and "hunter2" not in err
+    assert not reports.exists()

@@ -99,6 +99,56 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    """Run the monitor notebook; exit 0 when quiet, 3 when a rule fired (listed on stdout), 4 on unusable input."""
+    import json
+
+    from papermill.exceptions import PapermillExecutionError
+
+    from ccfraud import monitoring
+    from ccfraud.reporting import run_notebook
+    from ccfraud.sources import SourceError, redact, refuse_credentials
+
+    params = load_stage_params("monitor", Path(args.params))
+    show_code = bool(params.pop("show_code", False))
+    compute = load_stage_params("compute", Path(args.params))
+    notebook = Path("notebooks/monitor.ipynb")
+    if not notebook.exists():
+        raise SystemExit(f"error: {notebook} not found (run from the repository root)")
+    try:
+        monitoring.Rules.from_params(params)  # bad rules fail here, not in the middle of the notebook
+        # Parameters are recorded in the executed notebook: a URI with credentials must never get there.
+        refuse_credentials(args.data, what="data")
+        if args.endpoint_url:
+            refuse_credentials(args.endpoint_url, what="endpoint_url")
+    except (monitoring.MonitorError, SourceError) as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return monitoring.EXIT_BAD_INPUT
+    reports = Path(args.reports).resolve()
+    parameters = {**params, "model_dir": args.model, "processed_dir": args.processed, "data": args.data,
+                  "reports_dir": str(reports), "endpoint_url": args.endpoint_url,
+                  "engine": compute.get("engine", "pandas"),
+                  "partition_rows": compute.get("partition_rows", monitoring.DEFAULT_PARTITION_ROWS)}
+    print(f"[ccfraud] monitor {redact(args.data)} with model {args.model} against {args.processed}",
+          file=sys.stderr, flush=True)
+    (reports / monitoring.REPORT_FILE).unlink(missing_ok=True)  # no earlier verdict may pass for this one
+    try:
+        _, html = run_notebook(notebook, parameters, reports_dir=reports, show_code=show_code)
+    except PapermillExecutionError as error:
+        if error.ename in monitoring.BAD_INPUT_ERROR_NAMES:
+            print(f"error: {error.evalue}", file=sys.stderr, flush=True)
+            return monitoring.EXIT_BAD_INPUT
+        raise
+    report = json.loads((reports / monitoring.REPORT_FILE).read_text())
+    print(f"[ccfraud] wrote {html} and {reports / monitoring.REPORT_FILE}", file=sys.stderr, flush=True)
+    # stdout holds the verdict, one line per rule that fired, for a scheduler's log or a CI job's summary
+    for line in report["alerts"]:
+        print(f"ALERT {line}")
+    if not report["alerts"]:
+        print("quiet: no monitoring rule fired")
+    return int(report["exit_code"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccfraud", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--endpoint-url", default=None,
                          help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL or AWS)")
     scoring.set_defaults(func=_cmd_score)
+
+    watch = commands.add_parser("monitor", help="compare new data with the model's training data (feature and score "
+                                "drift, alert rate, performance with labels); exit 0 quiet, 3 alert, 4 bad input")
+    watch.add_argument("--model", required=True, help="model directory, or s3://bucket/models/<version>/")
+    watch.add_argument("--data", required=True, help="the new data: any source the download stage reads "
+                       "(s3://, https://, a CSV or Parquet file or directory, synthetic://); Class optional")
+    watch.add_argument("--processed", default="data/processed",
+                       help="the training run's processed splits (default: data/processed)")
+    watch.add_argument("--reports", default="reports",
+                       help="where monitor.html, monitor.ipynb and monitor.json go (default: reports)")
+    watch.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    watch.add_argument("--endpoint-url", default=None,
+                       help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 (default: AWS_ENDPOINT_URL or AWS)")
+    watch.set_defaults(func=_cmd_monitor)
     return parser
 
 
