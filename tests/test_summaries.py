@@ -42,6 +42,16 @@ def test_moments_of_partitions_equal_the_whole(data):
                                rtol=0, atol=1e-10)
 
 
+def test_moments_of_a_large_partition_are_made_chunk_by_chunk(data, monkeypatch):
+    """A partition is read in chunks of CHUNK_ROWS rows (bounded memory): the result is the whole's."""
+    whole = summaries.ClassMoments.of(data)
+    monkeypatch.setattr(summaries, "CHUNK_ROWS", 997)
+    chunked = summaries.ClassMoments.of(data)
+    assert (chunked.legits, chunked.frauds) == (whole.legits, whole.frauds)
+    np.testing.assert_allclose(chunked.legit.comoment, whole.legit.comoment, rtol=1e-10)
+    np.testing.assert_array_equal(chunked.fraud.maximum, whole.fraud.maximum)
+
+
 def test_moments_by_class_equal_groupby_describe(data):
     table = combined(summaries.ClassMoments.of, data).by_class(schema.AMOUNT)
     expected = data.groupby(schema.TARGET)[schema.AMOUNT].describe()

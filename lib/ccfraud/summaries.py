@@ -29,6 +29,8 @@ import pandas as pd
 from ccfraud import progress, schema
 
 CLASSES = (0, 1)
+#: Rows turned into a float matrix at a time: a partition's summary needs a few MB, not copies of it.
+CHUNK_ROWS = 65_536
 
 
 class Summary(Protocol):
@@ -71,6 +73,10 @@ def compute(frame: Any, summarizers: Mapping[str, Summarizer], *, label: str = "
 # ---------------------------------------------------------------------------------------
 
 
+def _chunks(frame: pd.DataFrame) -> list[pd.DataFrame]:
+    return [frame.iloc[start:start + CHUNK_ROWS] for start in range(0, len(frame), CHUNK_ROWS)]
+
+
 @dataclass(frozen=True)
 class Moments:
     """Count, mean vector, co-moment matrix (sum of centred cross products), min and max of columns.
@@ -88,14 +94,21 @@ class Moments:
     maximum: np.ndarray
 
     @classmethod
-    def of(cls, frame: pd.DataFrame, columns: Sequence[str]) -> Moments:
-        values = frame[list(columns)].to_numpy(dtype="float64")
-        k = values.shape[1]
+    def of_values(cls, columns: Sequence[str], values: np.ndarray) -> Moments:
+        """The moments of a float matrix whose columns are ``columns``."""
+        k = len(columns)
         if len(values) == 0:
             return cls(tuple(columns), 0, np.zeros(k), np.zeros((k, k)), np.full(k, np.inf), np.full(k, -np.inf))
         mean = values.mean(axis=0)
         centred = values - mean
         return cls(tuple(columns), len(values), mean, centred.T @ centred, values.min(axis=0), values.max(axis=0))
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, columns: Sequence[str]) -> Moments:
+        moments = cls.of_values(columns, np.empty((0, len(columns))))
+        for chunk in _chunks(frame):
+            moments = moments.combine(cls.of_values(columns, chunk[list(columns)].to_numpy(dtype="float64")))
+        return moments
 
     def combine(self, other: Moments) -> Moments:
         if other.columns != self.columns:
@@ -145,8 +158,14 @@ class ClassMoments:
 
     @classmethod
     def of(cls, frame: pd.DataFrame, columns: Sequence[str] = tuple(schema.COLUMNS)) -> ClassMoments:
-        is_fraud = (frame[schema.TARGET] == 1).to_numpy()
-        return cls(Moments.of(frame[~is_fraud], columns), Moments.of(frame[is_fraud], columns))
+        empty = Moments.of_values(columns, np.empty((0, len(columns))))
+        moments = cls(empty, empty)
+        for chunk in _chunks(frame):
+            values = chunk[list(columns)].to_numpy(dtype="float64")
+            is_fraud = (chunk[schema.TARGET] == 1).to_numpy()
+            moments = moments.combine(cls(Moments.of_values(columns, values[~is_fraud]),
+                                          Moments.of_values(columns, values[is_fraud])))
+        return moments
 
     def combine(self, other: ClassMoments) -> ClassMoments:
         return ClassMoments(self.legit.combine(other.legit), self.fraud.combine(other.fraud))
