@@ -339,17 +339,22 @@ SCORED_BODIES = {
     "integers": ("application/json", json.dumps({name: 7 for name in schema.FEATURES}), True),
     "CSV as pandas writes it": ("text/csv", csv_text(pd.DataFrame([{**valid_object(), "Class": 0}] * 3)
                                                      .assign(V4=1e-05, Time=172792)), True),
-    "CSV quoting everything": ("text/csv", csv_text(pd.DataFrame([{**valid_object(), "Class": 1}] * 2), quoting=1),
-                               True),
+    "CSV quoted as the Kaggle file is": ("text/csv", "\n".join([",".join(f'"{c}"' for c in schema.COLUMNS),
+                                                                *[",".join(["-1.35", "149.62"] * 15 + ['"0"'])] * 2]),
+                                         True),
     "CSV without Class, CRLF, byte-order mark": ("text/csv", "\ufeff" + csv_text(pd.DataFrame([valid_object()] * 2),
                                                                                lineterminator="\r\n"), True),
     "CSV with odd labels": ("text/csv", csv_text(pd.DataFrame([valid_object()] * 4)
-                                                 .assign(Class=['a"b', 'x, "y"', "", "é"])), True),
+                                                 .assign(Class=["x, y", "", "é", "fraud?"])), True),
     # What the server reads beyond the pattern; the description says so, the pattern cannot.
     "CSV columns in another order": ("text/csv", csv_text(pd.DataFrame([valid_object()])[schema.FEATURES[::-1]]),
                                      False),
     "CSV numbers spelled otherwise": ("text/csv", csv_text(pd.DataFrame([valid_object()]).assign(V1="+1", V2=".5",
                                                                                                  V3="1E+5")), False),
+    "CSV quoting everything": ("text/csv", csv_text(pd.DataFrame([{**valid_object(), "Class": 1}] * 2), quoting=1),
+                               False),
+    "CSV label with a quote inside": ("text/csv", csv_text(pd.DataFrame([valid_object()]).assign(Class='a"b')),
+                                      False),
 }
 
 

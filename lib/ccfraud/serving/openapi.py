@@ -30,32 +30,32 @@ def _error_response(description: str) -> dict[str, Any]:
 def csv_pattern() -> str:
     """The CSV bodies the document promises to score, as a regular expression (JSON Schema ``pattern``).
 
-    A creditcard.csv file: a header naming the features in file order, each name quoted
-    or not (the Kaggle file quotes them), with or without ``Class`` last; then one or
-    more data rows with as many cells, line ends LF or CRLF, a byte-order mark allowed
-    first. A feature cell is a number, quoted or not, with at most
-    ``_CSV_INTEGER_DIGITS`` digits before the point and no positive exponent: that keeps
-    it within +/-``schema.MAX_ABS_VALUE`` without a numeric comparison, which a pattern
-    cannot make. The label cell may hold anything the CSV reader reads as one cell: the
-    server ignores it, so the document must not call any of it invalid.
+    creditcard.csv as the Kaggle file and ``pandas.DataFrame.to_csv`` write it: a header
+    naming the features in file order, each name quoted or not, with or without
+    ``Class`` last; then one or more rows with as many cells, lines ending in LF or
+    CRLF, a byte-order mark allowed first. A feature cell is a plain number with at most
+    ``_CSV_INTEGER_DIGITS`` digits before the point and no positive exponent, which keeps
+    it within +/-``schema.MAX_ABS_VALUE`` without the numeric comparison a pattern cannot
+    make. The label cell is ignored by the server, so any cell the CSV reader reads on
+    one line is valid there.
 
-    Not in the pattern, because they are limits rather than rules: the row and byte
-    limits (answered with 413, as for JSON). Not in it either, because a pattern cannot
-    say them: columns in another order, and numbers spelled otherwise (``1E+5``, ``+1``,
-    ``.5``); the description says the server reads those too.
+    Limits are not rules, so the pattern leaves out the row and byte limits (413, as
+    for JSON). It also leaves out what the server reads but a pattern cannot say
+    compactly: columns in any order, quoted numbers, ``1E+5``, ``+1``, ``.5``; the
+    description says so. (The narrower the spelling, the cheaper the pattern is to
+    generate from: a fuzzer draws every character of every cell.)
     """
-    number = rf"-?[0-9]{{1,{_CSV_INTEGER_DIGITS}}}(?:\.[0-9]*)?(?:[eE]-[0-9]+)?"
-    cell = f'(?:{number}|"{number}")'
+    number = rf"-?[0-9]{{1,{_CSV_INTEGER_DIGITS}}}(?:\.[0-9]+)?(?:e-[0-9]+)?"
 
     def name(column: str) -> str:
         return f'(?:{column}|"{column}")'
 
     header = ",".join(name(column) for column in schema.FEATURES)
-    row = f"{cell}(?:,{cell}){{{len(schema.FEATURES) - 1}}}"
+    row = f"{number}(?:,{number}){{{len(schema.FEATURES) - 1}}}"
     without_label = rf"{header}(?:\r?\n{row})+"
-    # Any one-line cell as the CSV reader reads it: a quoted part ("" for a quote), then anything up to the next
-    # comma that does not start with a quote; or no quote first, then anything. The server ignores the label.
-    label = r'(?:"(?:[^"\r\n]|"")*"(?:[^",\r\n][^,\r\n]*)?|[^,"\r\n][^,\r\n]*)?'
+    # A label cell is read as text and ignored: "0" as Kaggle quotes it, or anything without a quote, comma or
+    # line end; after a quoted part the reader keeps reading to the comma, so text may follow it.
+    label = r'(?:"[^"\r\n]*"[^",\r\n]*|[^,"\r\n]*)'
     with_label = rf"{header},{name(schema.TARGET)}(?:\r?\n{row},{label})+"
     return rf"^\ufeff?(?:{without_label}|{with_label})(?:\r?\n)?$"
 
@@ -179,9 +179,9 @@ def document(max_rows: int, max_body_bytes: int) -> dict[str, Any]:
                     "text/csv": {"schema": {"type": "string", "pattern": csv_pattern(), "description": (
                         f"creditcard.csv rows with a header line (quoted or not), e.g. {csv_header}; the Class "
                         f"column is optional and ignored. The pattern is the file's own shape. The server also "
-                        "reads the columns in any order and any number a CSV reader parses (1E+5, +1, .5) if it "
-                        f"is finite and within +/-{schema.MAX_ABS_VALUE!r}. At most {max_rows} data rows (413 "
-                        "beyond: a size limit, not a rule of the pattern).")}},
+                        "reads the columns in any order and any number a CSV reader parses (quoted, 1E+5, +1, "
+                        f".5) if it is finite and within +/-{schema.MAX_ABS_VALUE!r}. At most {max_rows} data rows "
+                        "(413 beyond: a size limit, not a rule of the pattern).")}},
                 }},
                 "responses": {
                     "200": {"description": "One prediction per input row, in order.",
