@@ -125,7 +125,7 @@ def test_openapi_document_describes_the_api(client):
     assert document["components"]["schemas"]["Instances"]["properties"]["instances"] == {
         "type": "array", "items": {"$ref": "#/components/schemas/Transaction"}, "minItems": 1}
     responses = document["paths"]["/predict"]["post"]["responses"]
-    assert {"200", "400", "411", "413", "415", "503"} <= set(responses)
+    assert {"200", "400", "408", "411", "413", "415", "503"} <= set(responses)
     assert "200000 bytes or more than 50 rows" in responses["413"]["description"]
     Draft202012Validator.check_schema(transaction)
 

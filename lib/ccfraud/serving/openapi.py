@@ -157,7 +157,9 @@ def document(max_rows: int, max_body_bytes: int) -> dict[str, Any]:
             "title": "ccfraud prediction API",
             "version": "1",
             "description": "Scores card transactions with the trained fraud model. Every error is a JSON "
-                           "Error object naming the field and row when known.",
+                           "Error object naming the field and row when known. A request whose headers do not "
+                           "arrive within CCFRAUD_READ_TIMEOUT seconds is answered 408 before any operation "
+                           "sees it.",
         },
         "paths": {
             "/health": {"get": {"summary": "The process is alive.", "responses": {
@@ -190,6 +192,8 @@ def document(max_rows: int, max_body_bytes: int) -> dict[str, Any]:
                                            "unknown field, a value that is not a number, not finite or beyond "
                                            "the float32 range, an empty batch; or a body shorter than its "
                                            "Content-Length."),
+                    "408": _error_response("The body did not all arrive within CCFRAUD_READ_TIMEOUT seconds "
+                                           "(a stalled or trickling client)."),
                     "411": _error_response("A chunked body on a WSGI server that cannot tell where it ends "
                                            "(gunicorn can); send Content-Length."),
                     "413": _error_response(f"Body over {max_body_bytes} bytes or more than {max_rows} rows: "
