@@ -21,99 +21,20 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TypeVar
 
 import numpy as np
 import pytest
+from procfile_server import LOOPBACK, get, listening, procfile_server, web_command
 
 from ccfraud import artifacts, modeling, schema, synthetic
 from ccfraud.serving import config as serving_config
 from ccfraud.serving import create_app, gunicorn_conf
 from ccfraud.serving.config import available_cpus
-
-ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
-START_TIMEOUT = 90.0
-
-
-def web_command() -> str:
-    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:")]
-    assert len(lines) == 1, "the Procfile needs exactly one web: line"
-    return lines[0].removeprefix("web:").strip()
-
-
-#: gunicorn's line naming the address it bound and the master's pid.
-LISTENING = re.compile(rf"Listening at: http://{re.escape(LOOPBACK)}:(\d+) \((\d+)\)")
-
-
-def listening(log_path: Path) -> tuple[int, int] | None:
-    """(port, master pid) from gunicorn's log once it has bound its socket, else None."""
-    found = LISTENING.search(log_path.read_text(errors="replace"))
-    return (int(found[1]), int(found[2])) if found else None
-
-
-def get(port: int, path: str, body: bytes | None = None, content_type: str = "application/json",
-        timeout: float = 10.0):
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
-    try:
-        headers = {"Content-Type": content_type} if body is not None else {}
-        connection.request("POST" if body is not None else "GET", path, body, headers)
-        response = connection.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        connection.close()
-
-
-@contextmanager
-def procfile_server(model_location: Path, tmp_path: Path,
-                    env: Mapping[str, str] | None = None) -> Iterator[tuple[int, Path]]:
-    """Run the web command in its own process group; yields (port, log file) once it listens.
-
-    The server binds port 0, so the OS picks a free port as it binds (no race with tests
-    running in parallel), and the port is read from gunicorn's log. ``env`` adds settings
-    (``CCFRAUD_READ_TIMEOUT``, ...) to the server's environment.
-    """
-    # exec: the shell becomes gunicorn, so the signal and the exit code are gunicorn's (as on Heroku).
-    command = "exec " + web_command().replace("0.0.0.0", LOOPBACK)
-    env = dict(os.environ, **(env or {}), PORT="0", CCFRAUD_MODEL=str(model_location))
-    env.pop("WEB_CONCURRENCY", None)  # the Procfile's default number of workers
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    with tempfile.NamedTemporaryFile(dir=tmp_path, prefix="gunicorn-", suffix=".log", delete=False) as log:
-        log_path = Path(log.name)
-        process = subprocess.Popen(["sh", "-c", command], cwd=tmp_path, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if (address := listening(log_path)) is not None:
-                port = address[0]
-                try:
-                    get(port, "/health")
-                    break
-                except OSError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not answer within {START_TIMEOUT} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield port, log_path
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # the master stops its workers gracefully
-        try:
-            exit_code = process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            pytest.fail(f"server did not stop on SIGTERM:\n{log_path.read_text()[-3000:]}")
-    assert exit_code == 0, f"server exited with {exit_code} on SIGTERM:\n{log_path.read_text()[-3000:]}"
 
 
 @pytest.fixture(scope="module")
