@@ -126,15 +126,27 @@ def pipeline_run(tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group tests for pytest-xdist's ``--dist loadgroup``: one worker per module, one for the pipeline.
-
-    Every test that uses ``pipeline_run`` goes to one worker, so the session's pipeline runs
-    once; other tests stay with their module (module-scoped fixtures are built once, and
-    nbval's cells of one notebook run in order in one kernel).
-    """
+    """Put every test that uses ``pipeline_run`` in one xdist group, so the session's pipeline runs once."""
     for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        fixtures = getattr(item, "fixturenames", ())
-        group = "pipeline" if "pipeline_run" in fixtures else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        if "pipeline_run" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group("pipeline"))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadgroup``, with tests outside a group kept with their file rather than spread one by one.
+
+    A file's module-scoped fixtures are then built once, and nbval's cells of one notebook run
+    in order in one kernel (nbval's node ids cannot carry xdist's group suffix, so the file is
+    their only grouping).
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupOrFileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if "@" in nodeid:
+                return nodeid.rsplit("@", 1)[1]
+            return nodeid.split("::", 1)[0]
+
+    return GroupOrFileScheduling(config, log)
