@@ -271,7 +271,8 @@ def write_splits(splits: Splits, out_dir: Path, *, partition_rows: int, client: 
     """Write each split as a lake dataset ``out_dir/<split>/`` (raw feature values; scaling lives in the model).
 
     A pandas split is cut into parts of ``partition_rows`` rows; a dask split is written by
-    the workers, one part per partition (``client``: the cluster's, by default the current one).
+    the workers, one part per partition (``client``: the cluster's, by default the current one),
+    to the absolute path: a worker's working directory need not be this process's.
     """
     paths = {}
     for name, part in splits.items():
@@ -281,7 +282,7 @@ def write_splits(splits: Splits, out_dir: Path, *, partition_rows: int, client: 
                 from distributed import default_client
 
                 client = default_client()
-            lake.write_dask(part, str(paths[name]), client)
+            lake.write_dask(part, str(paths[name].resolve()), client)
         else:
             lake.write_frames(_chunks(part, partition_rows), str(paths[name]))
     return paths
