@@ -107,11 +107,13 @@ def test_ci_run_installs_the_tools_and_makes_their_absence_a_failure():
 
 def test_a_missing_tool_skips_locally_and_fails_where_required(tmp_path):
     """conftest.missing_tool, run in a throw-away pytest session: skip without the variable, fail with it."""
-    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
-    (tmp_path / "s3_fixtures.py").write_text("")
-    (tmp_path / "dask_fixtures.py").write_text("")
+    conftest = ROOT / "tests" / "conftest.py"
     (tmp_path / "test_tool.py").write_text(
-        "from conftest import missing_tool\n\ndef test_needs_a_tool():\n    missing_tool('no frobnicator')\n")
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('project_conftest', {str(conftest)!r})\n"
+        "project = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(project)\n\n"
+        "def test_needs_a_tool():\n    project.missing_tool('no frobnicator')\n")
     env = {k: v for k, v in os.environ.items() if k != "CCFRAUD_REQUIRE_TOOLS"}
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-rs", "-q", "-c",
                os.devnull, "--rootdir", str(tmp_path), str(tmp_path / "test_tool.py")]
