@@ -125,19 +125,23 @@ def pipeline_run(tmp_path_factory) -> Path:
     return repo
 
 
+#: The files whose tests use ``pipeline_run``: xdist runs them on one worker, so the pipeline runs once.
+PIPELINE_FILES = ("tests/test_pipeline.py", "tests/test_browser.py", "tests/test_dvc_remote.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put every test that uses ``pipeline_run`` in one xdist group, so the session's pipeline runs once."""
+    """Refuse a test that uses ``pipeline_run`` outside :data:`PIPELINE_FILES` (it would rerun the pipeline)."""
     for item in items:
-        if "pipeline_run" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("pipeline"))
+        if "pipeline_run" in getattr(item, "fixturenames", ()) and item.nodeid.split("::")[0] not in PIPELINE_FILES:
+            raise pytest.UsageError(f"{item.nodeid} uses pipeline_run: add its file to conftest.PIPELINE_FILES")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """``--dist loadgroup``, with tests outside a group kept with their file rather than spread one by one.
+    """``--dist loadgroup`` by file: a file's tests run on one worker, the pipeline's files all on one.
 
-    A file's module-scoped fixtures are then built once, and nbval's cells of one notebook run
-    in order in one kernel (nbval's node ids cannot carry xdist's group suffix, so the file is
-    their only grouping).
+    A file's module-scoped fixtures are then built once, the session's pipeline run happens once,
+    and nbval's cells of one notebook run in order in one kernel (nbval's node ids cannot carry
+    xdist's group suffix, so the file is the grouping). An explicit ``xdist_group`` mark still wins.
     """
     if config.getvalue("dist") != "loadgroup":
         return None
@@ -147,6 +151,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
         def _split_scope(self, nodeid: str) -> str:
             if "@" in nodeid:
                 return nodeid.rsplit("@", 1)[1]
-            return nodeid.split("::", 1)[0]
+            path = nodeid.split("::", 1)[0]
+            return "pipeline" if path in PIPELINE_FILES else path
 
     return GroupOrFileScheduling(config, log)
