@@ -12,7 +12,7 @@ from typing import NoReturn
 import pytest
 import yaml
 
-pytest_plugins = ["s3_fixtures", "dask_fixtures"]
+pytest_plugins = ["s3_fixtures", "dask_fixtures", "procfile_server"]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A small dataset that still has enough frauds in every split.

@@ -103,3 +103,15 @@ def procfile_server(model_location: Path, tmp_path: Path,
             process.wait()
             pytest.fail(f"server did not stop on SIGTERM:\n{log_path.read_text()[-3000:]}")
     assert exit_code == 0, f"server exited with {exit_code} on SIGTERM:\n{log_path.read_text()[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small logistic-regression model directory for the server to load (module-scoped: trained once per file)."""
+    from ccfraud import artifacts, modeling, schema, synthetic
+
+    data = synthetic.generate(rows=5000, frauds=100, seed=0)
+    model = modeling.make_pipeline("logreg", "class_weight").fit(data[schema.FEATURES], data[schema.TARGET])
+    out = tmp_path_factory.mktemp("procfile-model")
+    artifacts.save_model(model, out, threshold=0.5)
+    return out

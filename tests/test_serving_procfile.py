@@ -37,15 +37,6 @@ from ccfraud.serving import create_app, gunicorn_conf
 from ccfraud.serving.config import available_cpus
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    data = synthetic.generate(rows=5000, frauds=100, seed=0)
-    model = modeling.make_pipeline("logreg", "class_weight").fit(data[schema.FEATURES], data[schema.TARGET])
-    out = tmp_path_factory.mktemp("procfile-model")
-    artifacts.save_model(model, out, threshold=0.5)
-    return out
-
-
 def test_procfile_runs_the_app_factory_with_gunicorn_on_port():
     command = web_command()
     assert command.startswith("gunicorn ")
@@ -195,16 +186,10 @@ T = TypeVar("T")
 
 
 def worker_pids(master: int) -> set[int]:
-    """Pids of the live (not yet exited) children of ``master``, from /proc."""
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state, ppid, ...
-        except (OSError, IndexError):
-            continue  # exited while we looked
-        if fields[0] != "Z" and int(fields[1]) == master:
-            pids.add(int(stat.parent.name))
-    return pids
+    """Pids of the live children of ``master``: the serving benchmark's reading of /proc."""
+    from test_benchmarks import load_benchmark
+
+    return load_benchmark("serving").child_pids(master)
 
 
 def wait_until(condition: Callable[[], T], what: str, timeout: float = REPLACE_TIMEOUT) -> T:

@@ -22,10 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from procfile_server import LOOPBACK, get, procfile_server
-
-from ccfraud import artifacts, modeling, schema, synthetic
 
 #: At least this many requests in all: the coverage phase's boundary cases (about 680) plus fuzzing.
 MIN_CASES = 1000
@@ -34,15 +31,6 @@ MAX_EXAMPLES = 330
 #: Only a hung run trips this; a normal one takes well under a minute.
 RUN_TIMEOUT = 600
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    data = synthetic.generate(rows=5000, frauds=100, seed=0)
-    model = modeling.make_pipeline("logreg", "class_weight").fit(data[schema.FEATURES], data[schema.TARGET])
-    out = tmp_path_factory.mktemp("schemathesis-model")
-    artifacts.save_model(model, out, threshold=0.5)
-    return out
 
 
 def run_schemathesis(port: int, workdir: Path) -> tuple[dict, str]:
