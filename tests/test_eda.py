@@ -1,7 +1,10 @@
 """The exploratory analysis helpers behind the eda_preprocess report."""
 
+import numpy as np
 import pandas as pd
 import pytest
+from sklearn.model_selection import cross_val_score
+from sklearn.neighbors import KNeighborsClassifier
 
 from ccfraud import eda, schema, summaries, synthetic
 
@@ -35,14 +38,25 @@ def test_fraud_outliers_are_the_same_on_a_sample_that_keeps_every_fraud(data):
     pd.testing.assert_frame_equal(eda.iqr_outliers(sample, ["V14", "V12"]), eda.iqr_outliers(data, ["V14", "V12"]))
 
 
-def test_iqr_outliers_counts_frauds_outside_the_fences(data):
-    table = eda.iqr_outliers(data, ["V14"]).iloc[0]
-    frauds = data.loc[data[schema.TARGET] == 1, "V14"]
-    outside = ((frauds < table["lower_fence"]) | (frauds > table["upper_fence"])).sum()
-    assert table["fraud_outliers"] == outside and table["frauds"] == 80
+def test_iqr_fences_come_from_the_fraud_rows_quartiles_only():
+    # Frauds 1..8 and 100: Q1 = 3, Q3 = 7, fences 3 - 6 = -3 and 7 + 6 = 13; only 100 is outside.
+    # The legitimate rows are far outside those fences and must change nothing.
+    frame = pd.DataFrame({"V14": [*range(1, 9), 100, -1000, 1000, 5], schema.TARGET: [1] * 9 + [0] * 3})
+    table = eda.iqr_outliers(frame, ["V14"]).iloc[0]
+    assert (table["q1"], table["q3"]) == (3.0, 7.0)
+    assert (table["lower_fence"], table["upper_fence"]) == (-3.0, 13.0)
+    assert (table["fraud_outliers"], table["frauds"]) == (1, 9)
+    wider = eda.iqr_outliers(frame, ["V14"], k=30.0).iloc[0]
+    assert wider["fraud_outliers"] == 0
 
 
-def test_projections_are_two_dimensional(data):
+def test_projections_embed_every_row_and_keep_the_classes_apart(data):
+    """Each 2-D map keeps the structure the plots are for: a row's neighbours on it are mostly of its class."""
     subsample = eda.balanced_subsample(data, 40)
-    for name, points in eda.projections(subsample).items():
-        assert points.shape == (80, 2), name
+    labels = subsample[schema.TARGET].to_numpy()
+    maps = eda.projections(subsample)
+    assert sorted(maps) == ["PCA", "TruncatedSVD", "t-SNE"]
+    for name, points in maps.items():
+        assert points.shape == (80, 2) and np.isfinite(points).all(), name
+        accuracy = cross_val_score(KNeighborsClassifier(5), points, labels, cv=5).mean()
+        assert accuracy > 0.65, f"{name}: nearest neighbours on the map agree with the class {accuracy:.0%} of the time"

@@ -64,10 +64,6 @@ def test_amounts_are_non_negative_euros_with_cents(small):
     assert np.allclose(cents, np.round(cents), rtol=0, atol=1e-6)
 
 
-def test_no_missing_or_infinite_values(small):
-    assert np.isfinite(small.to_numpy()).all()
-
-
 # ---------------------------------------------------------------- determinism
 
 
