@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -34,13 +35,24 @@ def parse_assignments(assignments: list[str]) -> dict:
     return out
 
 
+def stage_parameters(stage: str, params_file: Path = Path("params.yaml"),
+                     assignments: Sequence[str] = ()) -> tuple[dict, bool]:
+    """The parameters ``ccfraud stage`` passes to a stage's notebook, and whether its report shows the code.
+
+    The stage's params.yaml section, then the ``-p`` pairs; ``show_code`` is taken out (it is
+    not a notebook parameter).
+    """
+    params = load_stage_params(stage, params_file)
+    show_code = bool(params.pop("show_code", False))
+    params.update(parse_assignments(list(assignments)))
+    return params, show_code
+
+
 def _cmd_stage(args: argparse.Namespace) -> int:
     from ccfraud.reporting import run_stage_notebook
     from ccfraud.sources import redact
 
-    params = load_stage_params(args.name, Path(args.params))
-    show_code = bool(params.pop("show_code", False))
-    params.update(parse_assignments(args.param))
+    params, show_code = stage_parameters(args.name, Path(args.params), args.param)
     shown = {key: redact(value) if isinstance(value, str) else value for key, value in params.items()}
     print(f"[ccfraud] stage '{args.name}' with parameters {shown}", file=sys.stderr, flush=True)
     executed, html = run_stage_notebook(args.name, params, show_code=show_code)
