@@ -201,8 +201,22 @@ class Plan(NamedTuple):
     classifier: str
 
 
-def build_plan(model: Any) -> Plan:
-    """The NumPy replay of a fitted ``PriorCorrected(Pipeline([...]))``; UnsupportedPipeline if not that shape."""
+class Features(NamedTuple):
+    """The NumPy replay of a fitted pipeline's steps before its classifier, and the classifier."""
+
+    #: ``schema.FEATURES`` matrix in, the classifier's input matrix out.
+    transform: Kernel
+    #: The names of the classifier's input columns, in order.
+    names: list[str]
+    classifier: Any
+
+
+def classifier_features(model: Any) -> Features:
+    """Replay the preprocessing of a fitted ``PriorCorrected(Pipeline([...]))``; UnsupportedPipeline if not that shape.
+
+    Shared by the scorer and :mod:`ccfraud.explain`, which attributes the classifier's
+    output to these columns.
+    """
     if not isinstance(model, modeling.PriorCorrected) or not hasattr(model, "estimator_"):
         raise UnsupportedPipeline(f"model is a {type(model).__name__}, not a fitted PriorCorrected pipeline")
     steps = getattr(model.estimator_, "steps", None)
@@ -223,13 +237,23 @@ def build_plan(model: Any) -> Plan:
         raise UnsupportedPipeline(f"classifier fitted on {list(fitted_names)}, the plan gives {names}")
     if list(getattr(classifier, "classes_", [])) != [0, 1]:
         raise UnsupportedPipeline(f"classifier classes {getattr(classifier, 'classes_', None)}, expected [0, 1]")
+
+    def transform(matrix: np.ndarray) -> np.ndarray:
+        for step in transforms:
+            matrix = step(matrix)
+        return matrix
+
+    return Features(transform, names, classifier)
+
+
+def build_plan(model: Any) -> Plan:
+    """The NumPy replay of a fitted ``PriorCorrected(Pipeline([...]))``; UnsupportedPipeline if not that shape."""
+    transform, _, classifier = classifier_features(model)
     predictor, classifier_path = _classifier(classifier)
     beta = float(model.beta_)
 
     def probabilities(matrix: np.ndarray) -> np.ndarray:
-        for transform in transforms:
-            matrix = transform(matrix)
-        p = predictor(matrix)
+        p = predictor(transform(matrix))
         return modeling.correct_probability(p, beta) if beta != 1.0 else p
 
     return Plan(probabilities, classifier_path)
