@@ -1,8 +1,9 @@
-"""file_digest: the one chunked file hasher, checked against hashlib on the same bytes."""
+"""file_digest: the one file hasher, checked against hashlib on the same bytes."""
 
 from __future__ import annotations
 
 import hashlib
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -37,38 +38,20 @@ def test_empty_file(tmp_path: Path):
     assert checksums.file_sha256(path) == hashlib.sha256(b"").hexdigest()
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 7, 256, 10_000])
-def test_multi_chunk_file_equals_a_one_shot_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   chunk_bytes: int):
-    content = bytes(range(256)) * 20 + b"tail"  # 5124 bytes: an uneven last chunk for most chunk sizes
+def test_a_file_larger_than_memory_budget_is_hashed_in_chunks(tmp_path: Path):
+    """8 MiB plus an uneven tail hashes to the one-shot digest while allocating a fraction of the file."""
+    content = bytes(range(256)) * (8 * 4096) + b"tail"
     path = tmp_path / "big.bin"
     path.write_bytes(content)
-    monkeypatch.setattr(checksums, "CHUNK_BYTES", chunk_bytes)
-    reads: list[int] = []
-    real_open = open
-
-    class CountingReader:
-        """Wraps the file to count reads, proving the file is hashed in chunks, not in one read."""
-
-        def __init__(self, handle):
-            self.handle = handle
-
-        def read(self, size: int = -1) -> bytes:
-            reads.append(size)
-            return self.handle.read(size)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc_info: object) -> None:
-            self.handle.close()
-
-    monkeypatch.setattr(checksums, "open", lambda *args, **kwargs: CountingReader(real_open(*args, **kwargs)),
-                        raising=False)  # only checksums' own open()
-    assert checksums.file_md5(path) == hashlib.md5(content).hexdigest()
-    assert checksums.file_sha256(path) == hashlib.sha256(content).hexdigest()
-    assert set(reads) == {chunk_bytes}, "every read asks for one chunk"
-    assert len(reads) == 2 * (len(content) // chunk_bytes + 1 + (len(content) % chunk_bytes > 0))
+    expected = hashlib.sha256(content).hexdigest(), hashlib.md5(content).hexdigest()
+    tracemalloc.start()
+    try:
+        got = checksums.file_sha256(path), checksums.file_md5(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == expected
+    assert peak < len(content) // 8, f"hashing an {len(content):,}-byte file allocated {peak:,} bytes at its peak"
 
 
 def test_unknown_or_variable_length_algorithm_is_named(small_file: tuple[Path, bytes]):
