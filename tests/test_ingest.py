@@ -41,11 +41,11 @@ def earlier(tmp_path: Path) -> str:
 
 
 def assert_unchanged(target: str) -> None:
-    """The earlier dataset is still the committed one, whole, and no other run directory is left."""
+    """The earlier dataset is still the committed one, whole, and no other part is left."""
     pd.testing.assert_frame_equal(lake.read_pandas(target), synthetic.generate(rows=500, frauds=5, seed=9))
     lake.verify(target)
-    runs = [p.name for p in Path(target).iterdir() if p.name.startswith("run-")]
-    assert len(runs) == 1, runs
+    written = sorted(str(p.relative_to(target)) for p in Path(target).rglob("*.parquet"))
+    assert written == sorted(part["path"] for part in lake.read_manifest(target)["parts"]), "no other part is left"
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> Path:

@@ -36,22 +36,56 @@ def test_a_failed_write_commits_nothing_and_keeps_the_previous_dataset(tmp_path)
     with pytest.raises(RuntimeError, match="mid-way"):
         lake.write_frames(failing(), target)
     pd.testing.assert_frame_equal(lake.read_pandas(target), before)
-    runs = [p.name for p in (tmp_path / "ds").iterdir() if p.name.startswith("run-")]
-    assert len(runs) == 1, runs  # the failed run's part was removed
+    assert part_files(tmp_path / "ds") == listed(target)  # the failed write's part was removed
 
 
-def test_a_new_commit_replaces_the_old_run(tmp_path):
+def part_files(dataset) -> list[str]:
+    return sorted(str(p.relative_to(dataset)) for p in dataset.rglob("*.parquet"))
+
+
+def listed(target: str) -> list[str]:
+    return sorted(part["path"] for part in lake.read_manifest(target)["parts"])
+
+
+def test_a_new_commit_replaces_the_old_parts(tmp_path):
     target = str(tmp_path / "ds")
     lake.write_frames(frames(2), target)
     manifest = lake.write_frames(frames(1), target)
-    runs = {p.name for p in (tmp_path / "ds").iterdir() if p.name.startswith("run-")}
-    assert runs == {manifest["parts"][0]["path"].split("/")[0]}
+    assert part_files(tmp_path / "ds") == [manifest["parts"][0]["path"]]
     assert len(lake.read_pandas(target)) == 50
 
 
+def tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_the_same_data_writes_the_same_files_byte_for_byte(tmp_path, dask_client):
+    """Content-addressed: DVC sees an unchanged output when a stage rewrites the same data, and skips what follows."""
+    import dask.dataframe as dd
+
+    lake.write_frames(frames(), str(tmp_path / "one"), extra={"source": "test"})
+    lake.write_frames(frames(), str(tmp_path / "two"), extra={"source": "test"})
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    lake.write_frames(frames(), str(tmp_path / "two"))  # again over itself: nothing changes
+    lake.write_frames(frames(), str(tmp_path / "two"), extra={"source": "test"})
+    assert tree(tmp_path / "one") == tree(tmp_path / "two")
+    # The cluster writes the same bytes as one process does, for the same partitions.
+    lake.write_dask(dd.from_pandas(pd.concat(frames(), ignore_index=True), npartitions=3), str(tmp_path / "dask"),
+                    dask_client, extra={"source": "test"})
+    assert tree(tmp_path / "dask") == tree(tmp_path / "one")
+    # Different data: different bytes, and a different name for the part that changed only.
+    changed = frames()
+    changed[1].loc[0, "b"] = 7.0
+    lake.write_frames(changed, str(tmp_path / "other"), extra={"source": "test"})
+    one, other = tree(tmp_path / "one"), tree(tmp_path / "other")
+    assert one[lake.MANIFEST] != other[lake.MANIFEST]
+    assert sorted(set(one) ^ set(other)) == sorted([listed(str(tmp_path / "one"))[1],
+                                                   listed(str(tmp_path / "other"))[1]])
+
+
 def test_no_manifest_means_no_dataset(tmp_path):
-    (tmp_path / "ds" / "run-x").mkdir(parents=True)
-    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "ds" / "run-x" / "part-00000.parquet")
+    (tmp_path / "ds" / "parts").mkdir(parents=True)
+    pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "ds" / "parts" / "part-00000-0123456789abcdef.parquet")
     with pytest.raises(lake.LakeError, match=r"no committed dataset at .*_manifest.json is missing"):
         lake.read_pandas(str(tmp_path / "ds"))
 
@@ -61,7 +95,7 @@ def test_verify_names_a_part_that_changed(tmp_path):
     manifest = lake.write_frames(frames(2), target)
     changed = tmp_path / "ds" / manifest["parts"][1]["path"]
     pd.DataFrame({"a": [0], "b": [0.0]}).to_parquet(changed, index=False)
-    with pytest.raises(lake.LakeError, match="part-00001.parquet does not match"):
+    with pytest.raises(lake.LakeError, match=r"part-00001-[0-9a-f]{16}\.parquet does not match"):
         lake.verify(target)
 
 

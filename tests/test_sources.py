@@ -326,7 +326,7 @@ def check_fetched(summary: sources.DatasetSummary, dest: Path, expected: bytes) 
     assert dest.read_bytes() == expected
     assert summary.path == str(dest)
     assert summary.size_bytes == len(expected)
-    assert summary.md5 == hashlib.md5(expected).hexdigest()
+    assert summary.source_md5 == hashlib.md5(expected).hexdigest()
     assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name], "no temp file is left"
 
 
@@ -488,7 +488,7 @@ def test_matching_md5_is_accepted_in_any_case(tmp_path: Path):
     source = write_source(tmp_path, content)
     md5 = hashlib.md5(content).hexdigest()
     summary = fetch_dataset(source, tmp_path / "out" / "creditcard.csv", expected_md5=f" {md5.upper()} ")
-    assert summary.md5 == md5
+    assert summary.source_md5 == md5
 
 
 def test_summary_counts_duplicates_and_serialises(tmp_path: Path):
@@ -498,8 +498,8 @@ def test_summary_counts_duplicates_and_serialises(tmp_path: Path):
     summary = fetch_dataset(source, tmp_path / "out" / "creditcard.csv")
     assert (summary.rows, summary.duplicate_rows, summary.frauds, summary.legit) == (9, 3, 3, 6)
     as_dict = json.loads(json.dumps(summary.to_dict()))
-    assert set(as_dict) == {"source", "path", "size_bytes", "md5", "rows", "duplicate_rows", "frauds",
-                            "legit", "fraud_rate"}
+    assert set(as_dict) == {"source", "path", "size_bytes", "source_md5", "rows", "duplicate_rows", "frauds",
+                            "legit", "fraud_rate", "engine", "kind", "files", "parts"}
     assert as_dict["fraud_rate"] == pytest.approx(3 / 9)
 
 
@@ -508,7 +508,7 @@ def test_synthetic_source_is_written_like_the_real_file(tmp_path: Path):
     first = fetch_dataset(uri, tmp_path / "a" / "creditcard.csv")
     second = fetch_dataset(uri, tmp_path / "b" / "creditcard.csv")
     assert (first.rows, first.frauds, first.legit) == (2000, 20, 1980)
-    assert first.md5 == second.md5, "the same URI gives the same bytes"
+    assert first.source_md5 == second.source_md5, "the same URI gives the same bytes"
     header = (tmp_path / "a" / "creditcard.csv").read_text().splitlines()[0]
     assert header == ",".join(f'"{c}"' for c in schema.COLUMNS)
     from ccfraud import synthetic

@@ -60,7 +60,7 @@ import pyarrow.parquet as pq
 from distributed import as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ccfraud import artifacts, compute, lake, s3, schema
+from ccfraud import artifacts, compute, csvformat, lake, s3, schema
 from ccfraud.serving import model_source
 from ccfraud.serving.scoring import Scorer
 
@@ -81,17 +81,9 @@ CSV_BLOCK_BYTES = 64 * 2**20
 PROGRESS_SECONDS = 10.0
 #: Seconds a failed job waits for its tasks that are still running before removing what they wrote.
 ABANDON_TIMEOUT = 300.0
-CSV = "csv"
-PARQUET = "parquet"
-SUFFIXES = {".csv": CSV, ".parquet": PARQUET, ".pq": PARQUET}
-#: Parts of an uncommitted lake run: a directory holding these and no manifest is not an input.
-_LAKE_PART = re.compile(r"(^|/)run-[^/]+/part-\d+\.parquet$")
+CSV = lake.CSV
+PARQUET = lake.PARQUET
 _ROW_IN_MESSAGE = re.compile(r"first at row (\d+)")
-#: CSV is read as the API reads a CSV body: features as float64 (Arrow's parser), then all text if a cell is
-#: not a number, so that ``schema.validate_features`` names the cell.
-_AS_NUMBERS = pa_csv.ConvertOptions(column_types={name: pa.float64() for name in schema.FEATURES})
-_AS_TEXT = pa_csv.ConvertOptions(column_types={name: pa.string() for name in schema.COLUMNS}, strings_can_be_null=True)
-
 Progress = Callable[[str], None]
 
 
@@ -100,19 +92,6 @@ class BatchError(RuntimeError):
 
 
 # --- where the input is ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InputFile:
-    """One input file; for a lake part, also its committed row count, size and checksum."""
-
-    location: str
-    kind: str
-    size: int | None = None
-    rows: int | None = None
-    sha256: str | None = None
-    #: A lake part's columns, from the manifest.
-    columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,57 +161,18 @@ def _storage_errors(location: str, options: dict[str, Any], action: str = "read"
         raise BatchError(str(source_error(error, location, endpoint, action))) from error
 
 
-def _full_location(location: str, root: str, path: str) -> str:
-    """``path`` (as the filesystem lists it) as a location like ``location``: ``s3://`` kept, local paths kept."""
-    relative = path[len(root):].lstrip("/")
-    return f"{location.rstrip('/')}/{relative}"
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", text)]
-
-
-def _kind(path: str) -> str | None:
-    lower = path.lower()
-    return next((kind for suffix, kind in SUFFIXES.items() if lower.endswith(suffix)), None)
-
-
-def find_inputs(location: str, options: dict[str, Any] | None = None) -> list[InputFile]:
-    """The files to score at ``location``, in order: one file, a directory/prefix of them, or a lake dataset."""
+def find_inputs(location: str, options: dict[str, Any] | None = None) -> list[lake.DataFile]:
+    """The files to score at ``location``, in order (:func:`ccfraud.lake.find_files`)."""
     options = options or {}
     check_location(location, "input")
     with _storage_errors(location, options, "list"):
-        fs, root = _filesystem(location, options)
-        fs.invalidate_cache(root)  # a listing cached earlier in this process may predate the files
-        if fs.isfile(root):
-            kind = _kind(root)
-            if kind is None:
-                raise BatchError(f"input {location}: expected a .csv or .parquet file (or a directory of them)")
-            return [InputFile(location, kind, size=fs.size(root))]
-        if not fs.isdir(root):
-            raise BatchError(f"input {location} not found")
-        if fs.exists(f"{root}/{lake.MANIFEST}"):
-            manifest = lake.read_manifest(location, options)
-            columns = tuple(manifest["columns"])
-            return [InputFile(part_location, PARQUET, size=part["bytes"], rows=part["rows"], sha256=part["sha256"],
-                              columns=columns)
-                    for part_location, part in zip(lake.part_locations(location, manifest), manifest["parts"],
-                                                   strict=True)]
-        listing = fs.find(root, detail=True)
-    files = []
-    for path, info in listing.items():
-        relative = path[len(root):].lstrip("/")
-        if any(piece.startswith(("_", ".")) for piece in relative.split("/")):
-            continue
-        if _LAKE_PART.search(relative):
-            raise BatchError(f"input {location} holds lake parts ({relative}) but no {lake.MANIFEST}: the write "
-                             "that made them did not commit, so they are not a dataset to trust")
-        kind = _kind(path)
-        if kind is not None:
-            files.append((relative, InputFile(_full_location(location, root, path), kind, size=info.get("size"))))
+        try:
+            files = lake.find_files(location, options)
+        except lake.LakeError as error:
+            raise BatchError(f"input {error}") from None
     if not files:
         raise BatchError(f"input {location}: no .csv or .parquet files in it")
-    return [file for _, file in sorted(files, key=lambda item: _natural_key(item[0]))]
+    return files
 
 
 def check_output(output: str, input_location: str, options: dict[str, Any]) -> None:
@@ -260,20 +200,11 @@ def check_output(output: str, input_location: str, options: dict[str, Any]) -> N
 
 
 def _read_csv(body: bytes, where: str) -> pd.DataFrame:
-    """A CSV text as the API reads one: features as float64 if every cell is a number, else all columns as text."""
-    if not body.isascii():
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise BatchError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start} of the block)") from None
+    """A CSV text as the API reads one (:mod:`ccfraud.csvformat`), so ``schema.validate_features`` names a bad cell."""
     try:
-        return pa_csv.read_csv(pa.BufferReader(body), convert_options=_AS_NUMBERS).to_pandas()
-    except pa.ArrowInvalid:
-        pass  # a cell that is not a number, or a malformed file: the text read tells which
-    try:
-        return pa_csv.read_csv(pa.BufferReader(body), convert_options=_AS_TEXT).to_pandas()
-    except pa.ArrowInvalid as error:
-        raise BatchError(f"{where}: malformed CSV: {str(error).strip()}") from None
+        return csvformat.read_table(body).to_pandas()
+    except csvformat.CsvFormatError as error:
+        raise BatchError(f"{where}: {error}") from None
 
 
 def _csv_body(partition: Partition, options: dict[str, Any]) -> bytes:
@@ -394,7 +325,7 @@ class _Task:
     model_version: str
 
 
-def _score_partition(partition: Partition, first_row: int, relative: str, task: _Task) -> lake.Part:
+def _score_partition(partition: Partition, first_row: int, stem: str, task: _Task) -> lake.Part:
     """Read, validate, score and write one partition as an uncommitted part. Runs on a worker."""
     plugin = get_worker().plugins.get(task.plugin)
     if not isinstance(plugin, ScorerPlugin):
@@ -405,8 +336,8 @@ def _score_partition(partition: Partition, first_row: int, relative: str, task: 
                          "the input changed while it was being scored")
     scored = score_frame(frame, plugin.scorer(), threshold=task.threshold, model_version=task.model_version,
                          first_row=first_row, where=partition.label, file_row=partition.first_row)
-    with _storage_errors(f"{task.target.rstrip('/')}/{relative}", task.options, "write"):
-        return lake.write_part(scored, task.target, relative, task.options)
+    with _storage_errors(f"{task.target.rstrip('/')}/{lake.PARTS}/{stem}", task.options, "write"):
+        return lake.write_part(scored, task.target, stem, task.options)
 
 
 # --- planning: row counts and columns of every partition (tasks on the cluster) ----------------
@@ -461,7 +392,7 @@ def _csv_block_layout(location: str, offset: int, length: int, options: dict[str
     return header, rows
 
 
-def plan(files: Sequence[InputFile], client: Any, options: dict[str, Any] | None = None, *,
+def plan(files: Sequence[lake.DataFile], client: Any, options: dict[str, Any] | None = None, *,
          partition_rows: int = PARTITION_ROWS, csv_block_bytes: int = CSV_BLOCK_BYTES) -> list[Partition]:
     """Every non-empty partition of ``files`` with its row count, after checking each file's columns.
 
@@ -611,32 +542,10 @@ def _explain(error: BaseException, labels: dict[str, str]) -> BaseException:
     return error
 
 
-@contextmanager
-def _endpoint_environment(endpoint_url: str | None) -> Iterator[None]:
-    """``AWS_ENDPOINT_URL`` set to ``endpoint_url`` for the block: how the API's model loader is told the endpoint.
-
-    ``model_source.load`` takes no endpoint (the API reads it from the environment); an
-    explicit ``--endpoint-url`` reaches it this way, for the load only.
-    """
-    if not endpoint_url or os.environ.get("AWS_ENDPOINT_URL") == endpoint_url:
-        yield
-        return
-    before = os.environ.get("AWS_ENDPOINT_URL")
-    os.environ["AWS_ENDPOINT_URL"] = endpoint_url
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["AWS_ENDPOINT_URL"]
-        else:
-            os.environ["AWS_ENDPOINT_URL"] = before
-
-
 def load_model(location: str, endpoint_url: str | None = None) -> artifacts.LoadedModel:
     """The verified model at ``location``, loaded exactly as the API loads it."""
     check_location(location, "model")
-    with _endpoint_environment(endpoint_url if model_source.is_s3(location) else None):
-        return model_source.load(location)
+    return model_source.load(location, endpoint_url if model_source.is_s3(location) else None)
 
 
 def score(model: str | artifacts.LoadedModel, input_location: str, output: str, *, endpoint_url: str | None = None,
@@ -671,11 +580,11 @@ def score(model: str | artifacts.LoadedModel, input_location: str, output: str, 
     report(f"scoring {total:,} rows in {len(partitions)} partition(s) of {len(files)} file(s) with model "
            f"{loaded.version}")
 
-    run_id = lake.new_run_id()
-    plugin = ScorerPlugin(loaded, artifacts.library_versions(), name=f"ccfraud-scorer-{run_id}")
+    job_id = lake.new_job_id()
+    plugin = ScorerPlugin(loaded, artifacts.library_versions(), name=f"ccfraud-scorer-{job_id}")
     try:
         client.register_plugin(plugin)  # raises a worker's setup error (other library versions, say)
-        parts = _run(client, partitions, run_id, _Task(plugin.name, output, out_options, loaded.threshold,
+        parts = _run(client, partitions, job_id, _Task(plugin.name, output, out_options, loaded.threshold,
                                                        loaded.version), report, progress_seconds)
     finally:
         try:
@@ -689,39 +598,28 @@ def score(model: str | artifacts.LoadedModel, input_location: str, output: str, 
         with _storage_errors(f"{output.rstrip('/')}/{lake.MANIFEST}", out_options, "write"):
             manifest = lake.commit(output, parts, columns=list(OUTPUT_COLUMNS), options=out_options, extra=extra)
     except BaseException:
-        _discard_unless_committed(output, run_id, out_options)
+        _discard(output, out_options)  # keeps what a manifest that did land lists
         raise
     seconds = time.monotonic() - started
     report(f"committed {manifest['rows']:,} scored rows to {output} in {seconds:.1f} s")
     return BatchResult(output, manifest, loaded.version, len(partitions), seconds)
 
 
-def _discard(target: str, run_id: str, options: dict[str, Any]) -> None:
-    """Remove a failed run's parts; if the store cannot be reached either, say what is left, keep the first error."""
+def _discard(target: str, options: dict[str, Any]) -> None:
+    """Remove a failed job's parts; if the store cannot be reached either, say what is left, keep the first error."""
     try:
-        lake.discard_run(target, run_id, options)
+        lake.discard_uncommitted(target, options)
     except Exception as error:
-        log.warning("could not remove the failed run's parts under %s/%s (%s); the next successful commit there "
-                    "removes them", target.rstrip("/"), run_id, error)
+        log.warning("could not remove the failed job's parts under %s/%s (%s); the next successful commit there "
+                    "removes them", target.rstrip("/"), lake.PARTS, error)
 
 
-def _discard_unless_committed(output: str, run_id: str, options: dict[str, Any]) -> None:
-    """After a failed commit: remove the run's parts, unless its manifest did land (then they are the dataset)."""
-    try:
-        manifest = lake.read_manifest(output, options)
-        if any(part["path"].startswith(f"{run_id}/") for part in manifest["parts"]):
-            return
-    except Exception:  # no manifest, or the store is unreachable: the run is not committed
-        pass
-    _discard(output, run_id, options)
-
-
-def _run(client: Any, partitions: Sequence[Partition], run_id: str, task: _Task, report: Progress,
+def _run(client: Any, partitions: Sequence[Partition], job_id: str, task: _Task, report: Progress,
          progress_seconds: float) -> list[lake.Part]:
     """Submit one task per partition, collect their parts in order; on any failure leave nothing behind."""
     offsets = np.concatenate([[0], np.cumsum([p.rows for p in partitions])]).tolist()
-    futures = [client.submit(_score_partition, partition, int(offsets[i]), lake.part_path(run_id, i), task,
-                             key=f"ccfraud-score-{run_id}-{i:05d}", pure=False)
+    futures = [client.submit(_score_partition, partition, int(offsets[i]), lake.part_stem(i), task,
+                             key=f"ccfraud-score-{job_id}-{i:05d}", pure=False)
                for i, partition in enumerate(partitions)]
     index = {future.key: i for i, future in enumerate(futures)}
     labels = {future.key: partitions[i].label for i, future in enumerate(futures)}
@@ -743,6 +641,6 @@ def _run(client: Any, partitions: Sequence[Partition], run_id: str, task: _Task,
             report(reporter.line())
     except BaseException:
         _abandon(client, list(pending))
-        _discard(task.target, run_id, task.options)
+        _discard(task.target, task.options)
         raise
     return [part for part in parts if part is not None]

@@ -26,15 +26,12 @@ dataset exactly as it was (:func:`ccfraud.lake.commit` is the only commit point)
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -42,7 +39,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from ccfraud import compute, lake, s3, schema, sources, synthetic
+from ccfraud import compute, lake, progress, s3, schema, sources, synthetic
 from ccfraud.checksums import file_md5
 
 log = logging.getLogger(__name__)
@@ -51,6 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PARTITION_ROWS = 400_000
 #: Seconds between two progress lines (the last part always gets one).
 PROGRESS_SECONDS = 5.0
+STAGE = "download"
 PARQUET_SUFFIX = ".parquet"
 
 
@@ -106,90 +104,23 @@ def check_both_classes(rows: int, frauds: int, *, where: str) -> None:
                 f"{where}: column '{schema.TARGET}': no {name} rows in any part; both classes are required")
 
 
-@dataclass(frozen=True)
-class RawDatasetSummary:
-    """What the download stage wrote: where from, where to, how many parts, and the class balance."""
-
-    source: str
-    path: str
-    engine: str
-    kind: str
-    files: int
-    parts: int
-    size_bytes: int
-    source_md5: str | None
-    rows: int
-    duplicate_rows: int
-    frauds: int
-    legit: int
-    fraud_rate: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (plain str/int/float/None values), for reports and the manifest."""
-        return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------
-# Progress
-# ---------------------------------------------------------------------------------------
-
-
-class Progress:
-    """Periodic lines naming the step, i of n and the time elapsed, in the notebook and on the console.
-
-    The lines go to the process's original stderr (``sys.__stderr__``): in a papermill
-    kernel, ``sys.stderr`` reaches only the notebook, while the original stream is both
-    captured into the notebook and echoed to the console running ``dvc repro``.
-    """
-
-    def __init__(self, step: str, total: int | None = None, *, every: float = PROGRESS_SECONDS) -> None:
-        self.step = step
-        self.total = total
-        self.every = every
-        self.done = 0
-        self.rows = 0
-        self.started = time.perf_counter()
-        self._last = -math.inf
-
-    def advance(self, rows: int, note: str = "", *, final: bool = False) -> None:
-        """Count one finished part of ``rows`` rows; print a line if enough time passed (always when final)."""
-        self.done += 1
-        self.rows += rows
-        now = time.perf_counter()
-        final = final or (self.total is not None and self.done >= self.total)
-        if final or now - self._last >= self.every:
-            self._last = now
-            of = f" of {self.total}" if self.total is not None else ""
-            extra = f", {note}" if note else ""
-            self.say(f"part {self.done}{of} done, {self.rows:,} rows{extra}")
-
-    def finish(self) -> None:
-        """Say how many parts and rows there were, and how long it took (for a stream of unknown length)."""
-        self.say(f"all {self.done} part(s) done, {self.rows:,} rows")
-
-    def say(self, text: str) -> None:
-        line = f"[download] {self.step}: {text}, {time.perf_counter() - self.started:.1f} s"
-        print(line, file=sys.__stderr__ or sys.stderr, flush=True)
-        log.info(line)
-
-
 # ---------------------------------------------------------------------------------------
 # Partitions: validate, summarise, write (on a worker or here)
 # ---------------------------------------------------------------------------------------
 
 
-def _write_validated(frame: pd.DataFrame, target: str, relative: str, options: dict[str, Any] | None,
+def _write_validated(frame: pd.DataFrame, target: str, stem: str, options: dict[str, Any] | None,
                      *, where: str, first_row: int) -> tuple[lake.Part, PartitionSummary]:
     """Validate one partition (both classes not required), summarise it and write it as one part."""
     clean = schema.validate_dataset(frame, where=where, first_row=first_row, require_both_classes=False)
     summary = PartitionSummary.of(clean)
     try:
-        part = lake.write_part(clean, target, relative, options)
+        part = lake.write_part(clean, target, stem, options)
     except Exception as exc:
         if isinstance(exc, lake.LakeError):
             raise
         endpoint = (options or {}).get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
-        raise lake.LakeError(str(source_error(exc, f"{target.rstrip('/')}/{relative}", endpoint,
+        raise lake.LakeError(str(source_error(exc, f"{target.rstrip('/')}/{lake.PARTS}/{stem}", endpoint,
                                               action="write"))) from exc
     return part, summary
 
@@ -198,7 +129,7 @@ def _rows_label(start: int, rows: int) -> str:
     return f"rows {start}-{start + rows - 1}"
 
 
-def synthetic_task(spec: synthetic.Spec, index: int, target: str, run_id: str, partition_rows: int,
+def synthetic_task(spec: synthetic.Spec, index: int, target: str, partition_rows: int,
                    options: dict[str, Any] | None, where: str) -> list[tuple[lake.Part, PartitionSummary]]:
     """Generate synthetic partition ``index`` and write it as parts of ``partition_rows`` rows (a task)."""
     frame = synthetic.generate_partition(spec, index)
@@ -207,13 +138,13 @@ def synthetic_task(spec: synthetic.Spec, index: int, target: str, run_id: str, p
     for chunk, start in enumerate(range(0, len(frame), partition_rows)):
         piece = frame.iloc[start:start + partition_rows]
         label = f"{where}, partition {index} ({_rows_label(first + start, len(piece))} of the dataset)"
-        results.append(_write_validated(piece, target, lake.part_path(run_id, index, chunk), options,
+        results.append(_write_validated(piece, target, lake.part_stem(index, chunk), options,
                                         where=label, first_row=first + start))
     return results
 
 
 def parquet_file_task(location: str, source_options: dict[str, Any] | None, index: int, target: str,
-                      run_id: str, partition_rows: int,
+                      partition_rows: int,
                       options: dict[str, Any] | None) -> list[tuple[lake.Part, PartitionSummary]]:
     """Read one Parquet file, validate it in parts of ``partition_rows`` rows and write them (a task).
 
@@ -238,7 +169,7 @@ def parquet_file_task(location: str, source_options: dict[str, Any] | None, inde
                                 location=location, options=source_options)
         for chunk, (table, start) in enumerate(_exact_chunks(batches, partition_rows)):
             label = f"{location} ({_rows_label(start, table.num_rows)} of this file)"
-            results.append(_write_validated(table.to_pandas(), target, lake.part_path(run_id, index, chunk),
+            results.append(_write_validated(table.to_pandas(), target, lake.part_stem(index, chunk),
                                             options, where=label, first_row=start))
     return results
 
@@ -435,56 +366,46 @@ def source_error(exc: BaseException, location: str, endpoint: str | None,
 
 
 def parquet_files(source: str, options: dict[str, Any] | None) -> list[str]:
-    """The Parquet files of a source, in name order: the file itself, a directory's or a prefix's files.
+    """The Parquet files of a source, in order, as :func:`ccfraud.lake.find_files` lists them.
 
-    A lake dataset (with a manifest) contributes exactly the parts its manifest lists.
-    Hidden and ``_``-prefixed files (``_SUCCESS``, ``_metadata``, ``.crc``) are not data.
+    The file itself, a directory's or a prefix's files, or exactly the parts a lake
+    dataset's manifest lists. Hidden and ``_``-prefixed files (``_SUCCESS``, ``_metadata``,
+    ``.crc``) are not data; neither is a CSV file beside them.
     """
-    import fsspec.core
-
     with _source_errors(source, options):
-        fs, root = fsspec.core.url_to_fs(source, **(options or {}))
-        protocol = "s3://" if _is_s3(source) else ""
-        if root.lower().endswith(PARQUET_SUFFIX) and not source.endswith("/"):
-            fs.info(root)  # FileNotFoundError, PermissionError, ...: named by _source_errors
-            return [protocol + root]
-        root = root.rstrip("/")
-        if not protocol and not fs.isdir(root):
-            raise sources.SourceError(f"{source}: no such directory")
-        if fs.exists(f"{root}/{lake.MANIFEST}"):
-            manifest = lake.read_manifest(protocol + root, options)
-            return lake.part_locations(protocol + root, manifest)
-        found = sorted(path for path in fs.find(root) if path.lower().endswith(PARQUET_SUFFIX)
-                       and not any(part.startswith(("_", ".")) for part in path[len(root):].split("/")))
+        try:
+            found = [file.location for file in lake.find_files(source, options) if file.kind == lake.PARQUET]
+        except lake.LakeError as exc:
+            raise sources.SourceError(str(exc)) from None
     if not found:
-        where = f"{source.rstrip('/')}/" if protocol else source
-        raise sources.SourceError(f"{where}: no Parquet files (*.parquet) there; expected a file, a directory "
+        raise sources.SourceError(f"{source}: no Parquet files (*.parquet) there; expected a file, a directory "
                                   "or an s3:// prefix holding creditcard-format Parquet files")
-    return [protocol + path for path in found]
+    return found
 
 
 # ---------------------------------------------------------------------------------------
 # Running the partitions: here (pandas) or on the cluster (dask), then the commit
 # ---------------------------------------------------------------------------------------
 
+Describe = Callable[[dict[str, int], list[lake.Part]], sources.DatasetSummary]
 Task = tuple[Callable[..., list[tuple[lake.Part, PartitionSummary]]], tuple[Any, ...]]
 
 
-def _run_here(tasks: Sequence[Task], progress: Progress) -> list[list[tuple[lake.Part, PartitionSummary]]]:
+def _run_here(tasks: Sequence[Task], counter: progress.Parts) -> list[list[tuple[lake.Part, PartitionSummary]]]:
     results = []
     for function, arguments in tasks:
         result = function(*arguments)
         results.append(result)
-        progress.advance(sum(summary.rows for _, summary in result))
+        counter.advance(sum(summary.rows for _, summary in result))
     return results
 
 
-def _run_on_cluster(tasks: Sequence[Task], client: Any, run_id: str,
-                    progress: Progress) -> list[list[tuple[lake.Part, PartitionSummary]]]:
+def _run_on_cluster(tasks: Sequence[Task], client: Any, job_id: str,
+                    counter: progress.Parts) -> list[list[tuple[lake.Part, PartitionSummary]]]:
     """Submit one task per file or partition; results in task order. The first failure cancels the rest."""
     from distributed import as_completed
 
-    futures = [client.submit(function, *arguments, key=f"ingest-{run_id}-{index}", pure=False)
+    futures = [client.submit(function, *arguments, key=f"ingest-{job_id}-{index}", pure=False)
                for index, (function, arguments) in enumerate(tasks)]
     order = {future.key: index for index, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
@@ -492,24 +413,24 @@ def _run_on_cluster(tasks: Sequence[Task], client: Any, run_id: str,
         for future in as_completed(futures):
             result = future.result()  # re-raises the task's own exception (SchemaError, SourceError, ...)
             results[order[future.key]] = result
-            progress.advance(sum(summary.rows for _, summary in result))
+            counter.advance(sum(summary.rows for _, summary in result))
     finally:
         client.cancel([future for future in futures if not future.done()])
     return results
 
 
-def _execute(tasks: Sequence[Task], *, engine: str, client: Any, run_id: str,
-             progress: Progress) -> list[list[tuple[lake.Part, PartitionSummary]]]:
+def _execute(tasks: Sequence[Task], *, engine: str, client: Any, job_id: str,
+             counter: progress.Parts) -> list[list[tuple[lake.Part, PartitionSummary]]]:
     if engine == "pandas":
-        return _run_here(tasks, progress)
+        return _run_here(tasks, counter)
     if client is not None:
-        return _run_on_cluster(tasks, client, run_id, progress)
+        return _run_on_cluster(tasks, client, job_id, counter)
     with compute.dask_client() as own_client:
-        return _run_on_cluster(tasks, own_client, run_id, progress)
+        return _run_on_cluster(tasks, own_client, job_id, counter)
 
 
 def _commit(target: str, results: Iterable[tuple[lake.Part, PartitionSummary]], *, options: dict[str, Any] | None,
-            where: str, describe: Callable[[dict[str, int], list[lake.Part]], RawDatasetSummary]) -> RawDatasetSummary:
+            where: str, describe: Describe) -> sources.DatasetSummary:
     """Check the whole dataset on the combined summaries, then write the manifest (the commit point)."""
     parts = [part for part, _ in results]
     totals = combine([summary for _, summary in results])
@@ -529,17 +450,17 @@ def _commit(target: str, results: Iterable[tuple[lake.Part, PartitionSummary]], 
 
 @contextmanager
 def uncommitted_run(target: str, options: dict[str, Any] | None) -> Iterator[str]:
-    """A fresh run id whose parts are removed if the block fails (Ctrl-C included) before it commits.
+    """A fresh job id (for task keys); what the job wrote is removed if the block fails before it commits.
 
-    A local target directory that this run created is removed too when it is left empty,
-    so a failed first download leaves nothing at all behind.
+    Ctrl-C included. A local target directory that this job created is removed too when it
+    is left empty, so a failed first download leaves nothing at all behind.
     """
     existed = lake.is_remote(target) or Path(target).exists()
-    run_id = lake.new_run_id()
+    job_id = lake.new_job_id()
     try:
-        yield run_id
+        yield job_id
     except BaseException:
-        lake.discard_run(target, run_id, options)
+        lake.discard_uncommitted(target, options)
         if not existed:
             with suppress(OSError):
                 os.rmdir(target)  # only if empty
@@ -555,7 +476,7 @@ def _check_partition_rows(partition_rows: int) -> int:
 def download(source: str | os.PathLike[str], target: str | os.PathLike[str], *, engine: str = "pandas",
              partition_rows: int = DEFAULT_PARTITION_ROWS, expected_md5: str | None = None,
              endpoint_url: str | None = None, target_options: dict[str, Any] | None = None,
-             client: Any = None) -> RawDatasetSummary:
+             client: Any = None) -> sources.DatasetSummary:
     """Fetch ``source``, validate it partition by partition and commit it as the lake dataset ``target``.
 
     ``engine`` is ``compute.engine``: ``dask`` runs one task per Parquet file or synthetic
@@ -648,10 +569,10 @@ def _verified_md5(path: Path, expected: str | None, *, where: str) -> str:
 
 
 def _describer(*, source: str, target: str, engine: str, kind: str, files: int,
-               md5: str | None) -> Callable[[dict[str, int], list[lake.Part]], RawDatasetSummary]:
-    def describe(totals: dict[str, int], parts: list[lake.Part]) -> RawDatasetSummary:
+               md5: str | None) -> Describe:
+    def describe(totals: dict[str, int], parts: list[lake.Part]) -> sources.DatasetSummary:
         rows, frauds = totals["rows"], totals["frauds"]
-        return RawDatasetSummary(
+        return sources.DatasetSummary(
             source=source, path=target, engine=engine, kind=kind, files=files, parts=len(parts),
             size_bytes=sum(part.bytes for part in parts), source_md5=md5, rows=rows,
             duplicate_rows=totals["duplicate_rows"], frauds=frauds, legit=rows - frauds, fraud_rate=frauds / rows)
@@ -659,44 +580,44 @@ def _describer(*, source: str, target: str, engine: str, kind: str, files: int,
 
 
 def _convert_csv(path: Path | None, target: str, *, where: str, md5: str | None, engine: str, partition_rows: int,
-                 options: dict[str, Any] | None) -> RawDatasetSummary:
+                 options: dict[str, Any] | None) -> sources.DatasetSummary:
     if path is None:
         raise sources.SourceError(f"{where}: a CSV source must be a file")
     if engine == "dask":
         log.info("%s: a CSV file is converted on this machine as one stream, whatever the engine", where)
-    progress = Progress(f"CSV {where}")
+    counter = progress.Parts(STAGE, f"CSV {where}", every=PROGRESS_SECONDS)
     size = max(path.stat().st_size, 1)
     results = []
-    with uncommitted_run(target, options) as run_id:
+    with uncommitted_run(target, options):
         for index, chunk in enumerate(csv_chunks(path, where=where, partition_rows=partition_rows)):
-            results.append(_write_validated(chunk.frame, target, lake.part_path(run_id, index), options,
+            results.append(_write_validated(chunk.frame, target, lake.part_stem(index), options,
                                             where=chunk.where, first_row=chunk.first_row))
-            progress.advance(results[-1][1].rows, f"{min(1.0, chunk.bytes_read / size):.0%} of the file read")
-        progress.finish()
+            counter.advance(results[-1][1].rows, f"{min(1.0, chunk.bytes_read / size):.0%} of the file read")
+        counter.finish()
         return _commit(target, results, options=options, where=where,
                        describe=_describer(source=where, target=target, engine=engine, kind="csv", files=1, md5=md5))
 
 
 def _convert_parquet(location: str, target: str, *, where: str, md5: str | None, engine: str,
                      partition_rows: int, endpoint_url: str | None, options: dict[str, Any] | None,
-                     client: Any) -> RawDatasetSummary:
+                     client: Any) -> sources.DatasetSummary:
     if not _is_s3(location):
         location = str(Path(sources.local_path(location)).resolve())  # the workers' working directory may differ
     source_options = _source_options(location, endpoint_url)
     files = parquet_files(location, source_options)
     log.info("%s: %d Parquet file(s)", where, len(files))
-    with uncommitted_run(target, options) as run_id:
-        tasks: list[Task] = [(parquet_file_task, (file, source_options, index, target, run_id, partition_rows,
-                                                  options)) for index, file in enumerate(files)]
-        results = _execute(tasks, engine=engine, client=client, run_id=run_id,
-                           progress=Progress(f"Parquet {where}", len(tasks)))
+    with uncommitted_run(target, options) as job_id:
+        tasks: list[Task] = [(parquet_file_task, (file, source_options, index, target, partition_rows, options))
+                             for index, file in enumerate(files)]
+        results = _execute(tasks, engine=engine, client=client, job_id=job_id,
+                           counter=progress.Parts(STAGE, f"Parquet {where}", len(tasks), every=PROGRESS_SECONDS))
         return _commit(target, [item for result in results for item in result], options=options, where=where,
                        describe=_describer(source=where, target=target, engine=engine, kind="parquet",
                                            files=len(files), md5=md5))
 
 
 def write_synthetic(source: str, target: str, *, engine: str = "dask", partition_rows: int = DEFAULT_PARTITION_ROWS,
-                    options: dict[str, Any] | None = None, client: Any = None) -> RawDatasetSummary:
+                    options: dict[str, Any] | None = None, client: Any = None) -> sources.DatasetSummary:
     """Generate a ``synthetic://`` dataset straight into the lake dataset ``target``, partition by partition.
 
     With ``engine="dask"`` each partition is generated, validated and written by a task on
@@ -712,11 +633,11 @@ def write_synthetic(source: str, target: str, *, engine: str = "dask", partition
         spec = synthetic.spec_from_uri(source)
     except ValueError as exc:
         raise sources.SourceError(f"{where}: {exc}") from None
-    with uncommitted_run(target, options) as run_id:
-        tasks: list[Task] = [(synthetic_task, (spec, index, target, run_id, partition_rows, options, where))
+    with uncommitted_run(target, options) as job_id:
+        tasks: list[Task] = [(synthetic_task, (spec, index, target, partition_rows, options, where))
                              for index in range(spec.partitions)]
-        results = _execute(tasks, engine=engine, client=client, run_id=run_id,
-                           progress=Progress(f"synthetic {where}", len(tasks)))
+        results = _execute(tasks, engine=engine, client=client, job_id=job_id,
+                           counter=progress.Parts(STAGE, f"synthetic {where}", len(tasks), every=PROGRESS_SECONDS))
         return _commit(target, [item for result in results for item in result], options=options, where=where,
                        describe=_describer(source=where, target=target, engine=engine, kind="synthetic",
                                            files=0, md5=None))

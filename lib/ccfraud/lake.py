@@ -2,16 +2,21 @@
 
 A dataset is a directory or an ``s3://bucket/prefix/``::
 
-    TARGET/_manifest.json                  written last: the commit point
-    TARGET/<run id>/part-00000.parquet     the parts of the committed run
-    TARGET/<run id>/part-00001.parquet ...
+    TARGET/_manifest.json                             written last: the commit point
+    TARGET/parts/part-00000-<sha256[:16]>.parquet     the committed parts
+    TARGET/parts/part-00001-<sha256[:16]>.parquet ...
 
-Parts are written under a fresh run id (by many workers at once, on a cluster), then the
-manifest lists each part with its row count, size and SHA-256. A reader trusts only what the
-manifest lists, so a job that dies half-way leaves the previous dataset exactly as readable as
-before, and a reader never sees half a result. On a local disk the manifest replaces the old one
-with an atomic rename; on S3 one PUT replaces one object whole. Parts of earlier runs are
-removed after the new manifest is in place.
+Parts are written first (by many workers at once, on a cluster), each named by its position
+and its own content's SHA-256, then the manifest lists each part with its row count, size and
+SHA-256. A reader trusts only what the manifest lists, so a job that dies half-way leaves the
+previous dataset exactly as readable as before, and a reader never sees half a result. On a
+local disk a part and the manifest are each written with an atomic rename; on S3 one PUT
+replaces one object whole. Files under ``parts/`` that the new manifest does not list (an
+earlier dataset's, a failed job's) are removed after it is in place.
+
+Everything written is a function of the data alone (no run ids, no timestamps): the same
+frames always give the same part names, the same bytes and the same manifest. So when a stage
+reruns and writes the same data, DVC sees an unchanged output and skips the stages after it.
 
 Writing our own manifest rather than Dask's ``to_parquet``: its ``_metadata`` file is optional,
 carries no checksums and is written beside the parts with no commit point, so an interrupted
@@ -20,14 +25,15 @@ write is indistinguishable from a complete one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -36,6 +42,12 @@ from ccfraud import atomicio
 
 MANIFEST = "_manifest.json"
 FORMAT = "ccfraud-lake/1"
+#: The directory of a dataset's parts.
+PARTS = "parts"
+#: Hex digits of a part's SHA-256 in its name: enough that two different parts never share one.
+NAME_DIGEST = 16
+#: A part's path relative to its dataset (also the layout before parts were content-addressed).
+PART_PATH = re.compile(r"(^|/)(parts/part-[\d-]+-[0-9a-f]{16}|run-[^/]+/part-[\d-]+)\.parquet$")
 
 
 class LakeError(RuntimeError):
@@ -85,47 +97,56 @@ def _filesystem(location: str, options: dict[str, Any] | None) -> tuple[Any, str
     return fs, root.rstrip("/")
 
 
-def new_run_id() -> str:
-    """A run id that sorts by time and never collides: ``run-YYYYmmddTHHMMSS-<8 hex>``."""
-    return f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+def new_job_id() -> str:
+    """A fresh id for one job's task keys and plugin names; never part of what is written."""
+    return uuid.uuid4().hex[:12]
 
 
-def part_path(run_id: str, index: int, chunk: int | None = None) -> str:
-    """The relative path of part ``index`` of run ``run_id``; ``chunk`` numbers the parts of one task.
+def part_stem(index: int, chunk: int | None = None) -> str:
+    """The name of part ``index`` before its digest; ``chunk`` numbers the parts of one task.
 
     A task that cannot know in advance how many parts its input makes (a Parquet file
     of unknown length, on a worker) writes ``part-<index>-<chunk>``: names never collide
     and sort in dataset order, and the manifest lists them in that order.
     """
-    if chunk is None:
-        return f"{run_id}/part-{index:05d}.parquet"
-    return f"{run_id}/part-{index:05d}-{chunk:04d}.parquet"
+    return f"part-{index:05d}" if chunk is None else f"part-{index:05d}-{chunk:04d}"
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    """``frame`` as one Parquet file (no index), the bytes that are checksummed and written."""
+    """``frame`` as one Parquet file (no index), the bytes that are checksummed and written.
+
+    The same frame always gives the same bytes (the file's metadata holds the library
+    versions and the schema, no time or host).
+    """
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     return buffer.getvalue()
 
 
-def write_part(frame: pd.DataFrame, target: str, relative: str,
-               options: dict[str, Any] | None = None) -> Part:
-    """Write one part of an uncommitted run and describe it for the manifest. Runs on a worker."""
+def write_part(frame: pd.DataFrame, target: str, stem: str, options: dict[str, Any] | None = None) -> Part:
+    """Write one part, named ``parts/<stem>-<sha256[:16]>.parquet``, and describe it for the manifest.
+
+    Runs on a worker. A task run twice (its worker lost) writes the same bytes to the same
+    name; on a local disk through a temporary file and a rename, so a reader of a committed
+    part with that name never sees a half-written file.
+    """
     data = parquet_bytes(frame)
+    digest = hashlib.sha256(data).hexdigest()
+    relative = f"{PARTS}/{stem}-{digest[:NAME_DIGEST]}.parquet"
     fs, root = _filesystem(target, options)
     path = f"{root}/{relative}"
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, data)
-    return Part(relative, len(frame), len(data), hashlib.sha256(data).hexdigest())
+    if is_remote(target):
+        fs.pipe_file(path, data)
+    else:
+        atomicio.write_bytes(path, data)
+    return Part(relative, len(frame), len(data), digest)
 
 
 def commit(target: str, parts: Sequence[Part], *, columns: Sequence[str],
            options: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the manifest listing ``parts`` (the commit point), then remove parts of earlier runs."""
+    """Write the manifest listing ``parts`` (the commit point), then remove the parts it does not list."""
     manifest = {
         "format": FORMAT,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "rows": int(sum(part.rows for part in parts)),
         "columns": list(columns),
         "parts": [asdict(part) for part in parts],
@@ -137,22 +158,38 @@ def commit(target: str, parts: Sequence[Part], *, columns: Sequence[str],
         fs.pipe_file(f"{root}/{MANIFEST}", text.encode())
     else:
         atomicio.write_text(os.path.join(root, MANIFEST), text)
-    _remove_other_runs(fs, root, {part.path.split("/", 1)[0] for part in parts})
+    _remove_unlisted(fs, root, {part.path for part in parts})
     return manifest
 
 
-def _remove_other_runs(fs: Any, root: str, keep: set[str]) -> None:
+def _remove_unlisted(fs: Any, root: str, keep: set[str]) -> None:
+    """Remove the parts under ``root`` not in ``keep`` (and run directories of the earlier layout)."""
+    fs.invalidate_cache(root)
+    if not fs.exists(root):
+        return
     for entry in fs.ls(root, detail=True):
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry["type"] == "directory" and name.startswith("run-") and name not in keep:
+        if entry["type"] == "directory" and name.startswith("run-"):
             fs.rm(entry["name"], recursive=True)
+    parts_dir = f"{root}/{PARTS}"
+    if not fs.exists(parts_dir):
+        return
+    stale = [path for path in fs.find(parts_dir) if path[len(root):].lstrip("/") not in keep]
+    if stale:
+        fs.rm(stale)
 
 
-def discard_run(target: str, run_id: str, options: dict[str, Any] | None = None) -> None:
-    """Remove what an uncommitted run wrote (after a failure); the committed dataset is untouched."""
+def discard_uncommitted(target: str, options: dict[str, Any] | None = None) -> None:
+    """Remove what a failed job wrote: every part the committed manifest (if any) does not list."""
     fs, root = _filesystem(target, options)
-    if fs.exists(f"{root}/{run_id}"):
-        fs.rm(f"{root}/{run_id}", recursive=True)
+    try:
+        keep = {part["path"] for part in read_manifest(target, options)["parts"]}
+    except LakeError:
+        keep = set()
+    _remove_unlisted(fs, root, keep)
+    if not keep and not is_remote(target) and os.path.isdir(f"{root}/{PARTS}"):
+        with contextlib.suppress(OSError):
+            os.rmdir(f"{root}/{PARTS}")  # only if empty
 
 
 def read_manifest(target: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -191,6 +228,74 @@ def verify(target: str, options: dict[str, Any] | None = None) -> dict[str, Any]
     return manifest
 
 
+CSV = "csv"
+PARQUET = "parquet"
+#: The data files a listing returns, by name ending.
+SUFFIXES = {".csv": CSV, ".parquet": PARQUET, ".pq": PARQUET}
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One input file; for a lake part, also its committed row count, size, checksum and columns."""
+
+    location: str
+    kind: str
+    size: int | None = None
+    rows: int | None = None
+    sha256: str | None = None
+    columns: tuple[str, ...] | None = None
+
+
+def file_kind(path: str) -> str | None:
+    """``csv`` or ``parquet`` by the name's ending, else None."""
+    lower = path.lower()
+    return next((kind for suffix, kind in SUFFIXES.items() if lower.endswith(suffix)), None)
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(piece) if piece.isdigit() else piece for piece in re.split(r"(\d+)", text)]
+
+
+def find_files(location: str, options: dict[str, Any] | None = None) -> list[DataFile]:
+    """The data files at ``location``, in order: the one input lister of the download stage and ``ccfraud score``.
+
+    ``location`` is one ``.csv``/``.parquet`` file, a directory or ``s3://`` prefix of them
+    (natural name order, so ``part.10`` follows ``part.9``; names starting with ``_`` or ``.``,
+    such as ``_SUCCESS``, are not data), or a lake dataset: exactly the parts its manifest
+    lists, with their rows and checksums. A directory holding lake parts but no manifest is
+    refused: the write that made them did not commit. An empty directory or prefix gives an
+    empty list (the caller says what it expected). Storage errors are raised as they come,
+    for the caller to name; what this function refuses is a :class:`LakeError`.
+    """
+    fs, root = _filesystem(location, options)
+    fs.invalidate_cache(root)  # a listing cached earlier in this process may predate the files
+    if not str(location).endswith("/") and (file_kind(root) is not None or fs.isfile(root)):
+        kind = file_kind(root)
+        if kind is None:
+            raise LakeError(f"{location}: expected a .csv or .parquet file (or a directory of them)")
+        return [DataFile(str(location), kind, size=fs.info(root)["size"])]
+    if not is_remote(location) and not fs.isdir(root):
+        raise LakeError(f"{location} not found")
+    if fs.exists(f"{root}/{MANIFEST}"):
+        manifest = read_manifest(location, options)
+        columns = tuple(manifest["columns"])
+        return [DataFile(part_location, PARQUET, size=part["bytes"], rows=part["rows"], sha256=part["sha256"],
+                         columns=columns)
+                for part_location, part in zip(part_locations(location, manifest), manifest["parts"], strict=True)]
+    files = []
+    for path, info in fs.find(root, detail=True).items():
+        relative = path[len(root):].lstrip("/")
+        if any(piece.startswith(("_", ".")) for piece in relative.split("/")):
+            continue
+        if PART_PATH.search(relative):
+            raise LakeError(f"{location} holds lake parts ({relative}) but no {MANIFEST}: the write that made "
+                            "them did not commit, so they are not a dataset to trust")
+        kind = file_kind(path)
+        if kind is not None:
+            files.append((relative, DataFile(f"{str(location).rstrip('/')}/{relative}", kind, size=info.get("size"))))
+    return [file for _, file in sorted(files, key=lambda item: _natural_key(item[0]))]
+
+
 def read_pandas(target: str, options: dict[str, Any] | None = None,
                 columns: Sequence[str] | None = None) -> pd.DataFrame:
     """The committed dataset as one pandas frame (parts in order), for data that fits in memory."""
@@ -213,16 +318,15 @@ def read_dask(target: str, options: dict[str, Any] | None = None, columns: Seque
 
 def write_frames(frames: Iterable[pd.DataFrame], target: str, *, options: dict[str, Any] | None = None,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write frames one by one as the parts of a new run and commit it: for a single process (bounded memory)."""
-    run_id = new_run_id()
+    """Write frames one by one as parts and commit them: for a single process (bounded memory)."""
     parts: list[Part] = []
     columns: list[str] | None = None
     try:
         for index, frame in enumerate(frames):
             columns = columns or [str(c) for c in frame.columns]
-            parts.append(write_part(frame, target, part_path(run_id, index), options))
+            parts.append(write_part(frame, target, part_stem(index), options))
     except BaseException:
-        discard_run(target, run_id, options)
+        discard_uncommitted(target, options)
         raise
     return commit(target, parts, columns=columns or [], options=options, extra=extra)
 
@@ -237,12 +341,11 @@ def write_dask(frame: Any, target: str, client: Any, *, options: dict[str, Any] 
     """
     import dask
 
-    run_id = new_run_id()
-    tasks = [dask.delayed(write_part)(partition, target, part_path(run_id, index), options)
+    tasks = [dask.delayed(write_part)(partition, target, part_stem(index), options)
              for index, partition in enumerate(frame.to_delayed())]
     try:
         parts = client.gather(client.compute(tasks))
     except BaseException:
-        discard_run(target, run_id, options)
+        discard_uncommitted(target, options)
         raise
     return commit(target, parts, columns=[str(c) for c in frame.columns], options=options, extra=extra)

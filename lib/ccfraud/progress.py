@@ -10,6 +10,7 @@ once for the notebook, once for the console.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,42 @@ class Steps:
         began = time.perf_counter()
         yield
         self.say(f"{label} done in {time.perf_counter() - began:.1f} s")
+
+
+class Parts:
+    """Parts of one step done as they finish: ``[stage] name: part k of n done, rows, note (elapsed)``.
+
+    A line at most every ``every`` seconds, and always for the last part (or, for a stream
+    of unknown length, from :meth:`finish`), so thousands of parts do not flood the report.
+    """
+
+    def __init__(self, stage: str, name: str, total: int | None = None, *, every: float = EVERY_SECONDS,
+                 stream: TextIO | None = None) -> None:
+        self.prefix = f"[{stage}] {name}"
+        self.total = total
+        self.every = every
+        self.stream = stream
+        self.done = 0
+        self.rows = 0
+        self.started = time.perf_counter()
+        self._last = -math.inf
+
+    def advance(self, rows: int, note: str = "") -> None:
+        """Count one finished part of ``rows`` rows; say so if ``every`` seconds passed, or if it was the last."""
+        self.done += 1
+        self.rows += rows
+        now = time.perf_counter()
+        if (self.total is not None and self.done >= self.total) or now - self._last >= self.every:
+            self._last = now
+            of = f" of {self.total}" if self.total is not None else ""
+            self.say(f"part {self.done}{of} done, {self.rows:,} rows" + (f", {note}" if note else ""))
+
+    def finish(self) -> None:
+        """Say how many parts and rows there were in all (for a stream of unknown length)."""
+        self.say(f"all {self.done} part(s) done, {self.rows:,} rows")
+
+    def say(self, text: str) -> None:
+        _write(f"{self.prefix}: {text} ({time.perf_counter() - self.started:.1f} s elapsed)", self.stream)
 
 
 def _client() -> Any:

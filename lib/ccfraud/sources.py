@@ -66,17 +66,27 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSummary:
-    """What was fetched: where from, where to, its checksum and class balance, for reports and logs."""
+    """What a download wrote: where from, where to, how, its checksum and class balance, for reports and logs.
+
+    :func:`fetch_dataset` writes one CSV file (``kind`` csv, one file, one part); the
+    download stage (:func:`ccfraud.ingest.download`) writes a lake dataset of ``parts``
+    Parquet parts from ``files`` source files (0 for ``synthetic://``). ``source_md5`` is
+    the md5 of the source file when there is one file to hash, else None.
+    """
 
     source: str
     path: str
     size_bytes: int
-    md5: str
+    source_md5: str | None
     rows: int
     duplicate_rows: int
     frauds: int
     legit: int
     fraud_rate: float
+    engine: str = "pandas"
+    kind: str = "csv"
+    files: int = 1
+    parts: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (plain str/int/float values), e.g. for ``reports/data.json``."""
@@ -162,7 +172,7 @@ def fetch_dataset(source: str | os.PathLike[str], dest: str | os.PathLike[str], 
         clean = schema.validate_dataset(_read_csv(tmp, where=where), where=where)
         frauds = int((clean[schema.TARGET] == 1).sum())
         summary = DatasetSummary(
-            source=where, path=str(target), size_bytes=tmp.stat().st_size, md5=md5, rows=len(clean),
+            source=where, path=str(target), size_bytes=tmp.stat().st_size, source_md5=md5, rows=len(clean),
             duplicate_rows=int(clean.duplicated().sum()), frauds=frauds, legit=len(clean) - frauds,
             fraud_rate=frauds / len(clean),
         )

@@ -30,19 +30,22 @@ def _base_uri(location: str) -> str:
     return f"s3://{bucket}/{prefix}/" if prefix else f"s3://{bucket}/"
 
 
-def _download_model(location: str, dest: Path) -> None:
+def _download_model(location: str, dest: Path, endpoint_url: str | None = None) -> None:
     """Fetch model.json, then the model file it names, from the S3 prefix ``location``."""
     base = _base_uri(location)
-    s3.download(base + artifacts.METADATA_FILE, dest / artifacts.METADATA_FILE, progress=False)
+    s3.download(base + artifacts.METADATA_FILE, dest / artifacts.METADATA_FILE, endpoint_url=endpoint_url,
+                progress=False)
     model_file = artifacts.read_metadata(dest).get("model_file", artifacts.MODEL_FILE)
     if Path(model_file).name != model_file:
         raise artifacts.ArtifactError(f"{base}{artifacts.METADATA_FILE} names model file {model_file!r}; "
                                       "expected a plain file name next to it")
-    s3.download(base + model_file, dest / model_file, progress=False)
+    s3.download(base + model_file, dest / model_file, endpoint_url=endpoint_url, progress=False)
 
 
-def load(location: str) -> artifacts.LoadedModel:
+def load(location: str, endpoint_url: str | None = None) -> artifacts.LoadedModel:
     """The verified model at ``location`` (a model directory, or an S3 prefix holding one).
+
+    ``endpoint_url`` is an S3-compatible endpoint; None uses ``AWS_ENDPOINT_URL`` or AWS itself.
 
     Raises ArtifactError (missing, tampered, unsigned or wrongly signed, incompatible, or
     holding types outside the allowlist) or S3Error (cannot download); both messages say
@@ -51,7 +54,7 @@ def load(location: str) -> artifacts.LoadedModel:
     if not is_s3(location):
         return artifacts.load_model(Path(location))
     with tempfile.TemporaryDirectory(prefix="ccfraud-model-") as tmp:
-        _download_model(location, Path(tmp))
+        _download_model(location, Path(tmp), endpoint_url)
         loaded = artifacts.load_model(Path(tmp), origin=_base_uri(location))
     log.info("downloaded and verified model %s from %s", loaded.version, location)
     return loaded
