@@ -112,7 +112,7 @@ def schema_validator(document: dict, name: str) -> Draft202012Validator:
 def test_openapi_document_describes_the_api(client):
     document = client.get("/openapi.json").get_json()
     assert document["openapi"].startswith("3.")
-    assert set(document["paths"]) == {"/health", "/ready", "/model", "/openapi.json", "/predict"}
+    assert set(document["paths"]) == {"/health", "/ready", "/model", "/openapi.json", "/predict", "/metrics"}
     transaction = document["components"]["schemas"]["Transaction"]
     assert transaction["required"] == schema.FEATURES
     bounded = {"type": "number", "minimum": -schema.MAX_ABS_VALUE, "maximum": schema.MAX_ABS_VALUE}

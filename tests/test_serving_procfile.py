@@ -4,7 +4,7 @@ The command is read from the Procfile (as Heroku and ``make serve`` do) and only
 changed to listen on 127.0.0.1, on a port the OS picks, instead of every interface.
 Also here: the server hooks the Procfile loads (``ccfraud.serving.gunicorn_conf``),
 a worker killed with SIGKILL, which the master replaces while the server stays ready,
-and slow clients, which neither hold the workers nor keep a request open past
+/metrics counting every worker's requests, and slow clients, which neither hold the workers nor keep a request open past
 ``CCFRAUD_READ_TIMEOUT`` (``ccfraud.serving.worker``).
 """
 
@@ -28,12 +28,14 @@ from types import SimpleNamespace
 from typing import TypeVar
 
 import numpy as np
+import pandas as pd
 import pytest
 from procfile_server import LOOPBACK, get, listening, procfile_server, web_command
 
 from ccfraud import artifacts, modeling, schema, synthetic
 from ccfraud.serving import config as serving_config
 from ccfraud.serving import create_app, gunicorn_conf
+from ccfraud.serving import metrics as serving_metrics
 from ccfraud.serving.config import available_cpus
 
 
@@ -178,6 +180,49 @@ def test_loading_the_hooks_loads_neither_the_app_nor_openmp():
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
 
 
+# --- reading /metrics and the workers' metric files (issue 13) ------------------------------------
+
+def get_text(port: int, path: str) -> tuple[int, str, str]:
+    """GET ``path``: (status, Content-Type, body as text)."""
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read().decode()
+    finally:
+        connection.close()
+
+
+def scraped(port: int) -> dict[tuple[str, tuple], float]:
+    """One scrape of /metrics, by whichever worker takes it: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, content_type, text = get_text(port, "/metrics")
+    assert status == 200 and content_type.startswith("text/plain"), (status, content_type, text[:300])
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+PREDICT_OK = ("ccfraud_http_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "200")))
+
+
+def predicts_by_process(directory: Path) -> dict[int, float]:
+    """Each process's own count of answered POST /predict requests, from its counter file in ``directory``."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    counts = {}
+    for path in directory.glob("counter_*.db"):
+        values = MmapedDict.read_all_values_from_file(str(path))
+        counts[int(path.stem.removeprefix("counter_"))] = sum(
+            value for key, value, *_ in values
+            if (parsed := json.loads(key))[1] == PREDICT_OK[0] and parsed[2] == dict(PREDICT_OK[1]))
+    return counts
+
+
+#: More than enough new connections for the kernel to have given each of two workers some.
+MAX_REQUESTS = 400
+
+
 # --- a worker killed under the master ----------------------------------------------------------
 
 #: Generous: the master notices the death at once and forks from its preloaded app, but CI machines are busy.
@@ -202,12 +247,56 @@ def wait_until(condition: Callable[[], T], what: str, timeout: float = REPLACE_T
     return result
 
 
-def test_master_replaces_a_killed_worker_and_the_server_stays_ready(model_dir, tmp_path):
-    """kill -9 one of the two workers: the master forks a new one, and every /ready meanwhile answers 200."""
-    with procfile_server(model_dir, tmp_path) as (port, log_path):
+def send_until_two_workers_answered(port: int, body: bytes, metrics_dir: Path) -> int:
+    """POST ``body`` to /predict, each time on a new connection, until two processes have counted some; how many.
+
+    Which worker takes a connection is the kernel's choice, so the test cannot pick: it sends until both have.
+    """
+    sent = 0
+    while len([pid for pid, count in predicts_by_process(metrics_dir).items() if count > 0]) < 2:
+        assert sent < MAX_REQUESTS, f"one worker took all {sent} connections: {predicts_by_process(metrics_dir)}"
+        assert get(port, "/predict", body)[0] == 200
+        sent += 1
+    return sent
+
+
+def test_master_replaces_a_killed_worker_and_the_server_stays_ready_and_counts_every_worker(model_dir, tmp_path):
+    """kill -9 one of the two workers: the master forks a new one, and every /ready meanwhile answers 200.
+
+    Before that, /metrics counts the requests both workers answered, in one scrape by whichever worker takes
+    it; after it, the killed worker's counts are still there, and only its live gauges are gone (child_exit).
+    One server for both: each start costs seconds.
+    """
+    loaded = artifacts.load_model(model_dir)
+    data = synthetic.generate(rows=300, frauds=30, seed=4)
+    rows = pd.concat([data[data[schema.TARGET] == 1].head(2), data[data[schema.TARGET] == 0].head(1)])
+    flagged_per_request = int(np.count_nonzero(modeling.fraud_probability(loaded.model, rows) >= loaded.threshold))
+    body = json.dumps({"instances": [{name: float(r[name]) for name in schema.FEATURES}
+                                     for _, r in rows.iterrows()]}).encode()
+    metrics_dir = tmp_path / "prometheus"
+    with procfile_server(model_dir, tmp_path, env={serving_metrics.MULTIPROC_ENV: str(metrics_dir)}) as (port,
+                                                                                                         log_path):
         master = listening(log_path)[1]
         workers = wait_until(lambda: pids if len(pids := worker_pids(master)) == 2 else None, "two workers")
+        sent = send_until_two_workers_answered(port, body, metrics_dir)
+        for _ in range(5):
+            assert get(port, "/predict", body)[0] == 200
+        assert get(port, "/predict?explain=true", body)[0] == 200
+        sent += 6
+        counted = predicts_by_process(metrics_dir)
+        assert set(counted) == workers and sum(counted.values()) == sent, (counted, workers, sent)
+        # Each count is written before its answer is sent; retried all the same, in case a scrape races a write.
+        found = wait_until(lambda: found if (found := scraped(port)).get(PREDICT_OK) == sent else None,
+                           f"a scrape counting all {sent} requests", timeout=10)
+        assert found[("ccfraud_rows_scored_total", ())] == 3 * sent
+        assert found[("ccfraud_rows_flagged_total", ())] == flagged_per_request * sent
+        assert found[("ccfraud_rows_explained_total", ())] == 3
+        assert found[("ccfraud_http_request_duration_seconds_count", (("route", "/predict"),))] == sent
+        assert found[("ccfraud_model_info", (("candidate", ""), ("model_version", loaded.version),
+                                             ("threshold", repr(loaded.threshold))))] == 1
+
         victim = min(workers)
+        assert (metrics_dir / f"gauge_livemax_{victim}.db").exists()
         os.kill(victim, signal.SIGKILL)
         # Probe only once the victim is dead (a zombie or reaped): it can no longer accept a connection.
         wait_until(lambda: victim not in worker_pids(master), f"worker {victim} dying of SIGKILL")
@@ -222,9 +311,15 @@ def test_master_replaces_a_killed_worker_and_the_server_stays_ready(model_dir, t
         assert replacements, f"no new worker within {REPLACE_TIMEOUT:.0f} s:\n{log_path.read_text()[-3000:]}"
         assert worker_pids(master) == workers - {victim} | replacements
         assert set(statuses) == {200}, statuses
+
+        wait_until(lambda: not (metrics_dir / f"gauge_livemax_{victim}.db").exists(), "child_exit dropping its gauge")
+        after = scraped(port)
+        assert after[PREDICT_OK] == sent and after[("ccfraud_rows_scored_total", ())] == 3 * sent
+        assert sum(value for (name, _), value in after.items() if name == "ccfraud_model_info") == 1
     log = log_path.read_text()
     assert f"Worker (pid:{victim}) was sent SIGKILL" in log, log
     assert log.count("Arrow's thread pool sized to") >= 3, log  # the replacement ran the post_fork hook too
+    assert "workers count their metrics in" in log, log
 
 
 # --- slow clients (issue 14) ----------------------------------------------------------------------
@@ -328,3 +423,34 @@ def test_a_malformed_read_timeout_stops_the_server_at_start_up(monkeypatch, valu
     monkeypatch.setenv(serving_config.READ_TIMEOUT_ENV, value)
     with pytest.raises(ValueError, match=f"CCFRAUD_READ_TIMEOUT must be a positive number of seconds, found '{value}'"):
         BoundedGeventWorker.check_config(SimpleNamespace(), logging.getLogger("test.gunicorn"))
+
+
+# --- the metrics hooks, in this process -------------------------------------------------------------
+
+def test_on_starting_makes_a_temporary_metrics_directory_and_on_exit_removes_it(monkeypatch, caplog):
+    monkeypatch.setenv(serving_metrics.MULTIPROC_ENV, "restored after the test")
+    monkeypatch.delenv(serving_metrics.MULTIPROC_ENV)
+    with caplog.at_level(logging.INFO, logger="test.gunicorn"):
+        gunicorn_conf.on_starting(fake_arbiter(preload=True))
+    made = Path(os.environ[serving_metrics.MULTIPROC_ENV])
+    assert made.is_dir() and made.name.startswith("ccfraud-prometheus-")
+    assert f"workers count their metrics in {made} (a temporary directory)" in caplog.text
+    gunicorn_conf.on_exit(fake_arbiter(preload=True))
+    assert not made.exists()
+
+
+def test_on_starting_empties_a_configured_metrics_directory_and_child_exit_drops_a_dead_workers_gauges(
+        monkeypatch, tmp_path):
+    configured = tmp_path / "metrics"
+    configured.mkdir()
+    for name in ("counter_11.db", "gauge_livemax_11.db", "notes.txt"):
+        (configured / name).write_text("from an earlier run")
+    monkeypatch.setenv(serving_metrics.MULTIPROC_ENV, str(configured))
+    gunicorn_conf.on_starting(fake_arbiter(preload=True))
+    assert sorted(p.name for p in configured.iterdir()) == ["notes.txt"]
+    for name in ("counter_12.db", "gauge_livemax_12.db", "gauge_livemax_13.db"):
+        (configured / name).write_bytes(b"")
+    gunicorn_conf.child_exit(fake_arbiter(preload=True), SimpleNamespace(pid=12))
+    assert sorted(p.name for p in configured.iterdir()) == ["counter_12.db", "gauge_livemax_13.db", "notes.txt"]
+    gunicorn_conf.on_exit(fake_arbiter(preload=True))
+    assert configured.is_dir()  # configured, not made by the server: left where it is

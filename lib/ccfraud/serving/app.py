@@ -14,22 +14,27 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ccfraud import artifacts
+from ccfraud import artifacts, explain
 from ccfraud.serving import config as serving_config
 from ccfraud.serving import model_source, openapi, payload
 from ccfraud.serving.errors import ApiError, json_response, register_error_handlers
+from ccfraud.serving.metrics import UNMATCHED, ServiceMetrics
 from ccfraud.serving.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "ccfraud"
+#: Where the app keeps its :class:`ServiceMetrics` (``app.extensions``).
+METRICS_EXTENSION = "ccfraud.metrics"
 JSON = "application/json"
 CSV = "text/csv"
 #: Metadata keys /model shows, in this order (the training params and data checksums stay in model.json).
@@ -39,12 +44,21 @@ METADATA_KEYS = ("model_version", "sha256", "trained_at", "threshold", "features
 
 @dataclass
 class ModelState:
-    """What this process serves: the loaded model and its scorer, or why there is none."""
+    """What this process serves: the loaded model, its scorer and explainer, or why there is none."""
 
     location: str
     loaded: artifacts.LoadedModel | None = None
     scorer: Scorer | None = None
     error: str | None = None
+    explainer: explain.Explainer | None = None
+    #: Why requests for reason codes are refused (501) while predictions are served.
+    explain_error: str | None = None
+
+    def require_explainer(self) -> explain.Explainer:
+        if self.explainer is None:
+            raise ApiError(HTTPStatus.NOT_IMPLEMENTED, f"no reason codes for this model: {self.explain_error}",
+                           field=payload.EXPLAIN)
+        return self.explainer
 
     def require(self) -> tuple[artifacts.LoadedModel, Scorer]:
         if self.loaded is None or self.scorer is None:
@@ -64,7 +78,22 @@ def load_state(location: str) -> ModelState:
         return state
     log.info("serving model %s (threshold %.4g) from %s; scoring path: %s (classifier: %s)", state.loaded.version,
              state.loaded.threshold, location, state.scorer.path, state.scorer.classifier_path or "pipeline")
+    try:
+        state.explainer = explain.Explainer(state.loaded.model)
+    except explain.UnsupportedModel as exc:
+        state.explain_error = str(exc)
+        log.warning("reason codes unavailable: %s", exc)
+    else:
+        log.info("reason codes: %s attributions on the %s scale", state.explainer.method, state.explainer.scale)
     return state
+
+
+def _model_info(state: ModelState) -> dict[str, str] | None:
+    """The labels of the ``model_info`` metric, or None without a model."""
+    if state.loaded is None:
+        return None
+    return {"model_version": state.loaded.version, "candidate": str(state.loaded.metadata.get("candidate") or ""),
+            "threshold": repr(state.loaded.threshold)}
 
 
 def _configure_logging() -> None:
@@ -94,6 +123,28 @@ def _predictions(loaded: artifacts.LoadedModel, probabilities: Any) -> dict[str,
         "threshold": threshold,
         "predictions": [{"fraud_probability": p, "is_fraud": p >= threshold} for p in probabilities.tolist()],
     }
+
+
+def _add_reasons(answer: dict[str, Any], explanation: explain.Explanation) -> None:
+    """Each prediction's reason codes, and what their numbers are, into a /predict answer."""
+    answer["explanation"] = {"method": explanation.method, "scale": explanation.scale, "base_value": explanation.base,
+                             "top": explain.TOP_REASONS}
+    for row, prediction in enumerate(answer["predictions"]):
+        prediction["reasons"] = explanation.reasons(row)
+
+
+def _explain_query() -> bool:
+    """``?explain=true`` or ``?explain=false``; absent is false; anything else (or twice) a 400 naming it."""
+    if not request.query_string:
+        return False
+    values = request.args.getlist(payload.EXPLAIN)
+    if not values:
+        return False
+    if len(values) != 1 or values[0] not in ("true", "false"):
+        found = ", ".join(repr(v) for v in values) if values != [""] else "an empty value"
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"query parameter '{payload.EXPLAIN}': expected true or false, "
+                       f"once; found {found}", field=payload.EXPLAIN)
+    return values[0] == "true"
 
 
 def _request_body() -> bytes:
@@ -168,8 +219,27 @@ def create_app(model_location: str | None = None, *, max_rows: int | None = None
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     state = load_state(settings.model_location)
     app.extensions[EXTENSION] = state
+    metrics = app.extensions[METRICS_EXTENSION] = ServiceMetrics(_model_info(state))
     spec = openapi.document(settings.max_rows, settings.max_body_bytes)
     register_error_handlers(app)
+
+    @app.before_request
+    def start_clock() -> None:
+        request.environ["ccfraud.started"] = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        started = request.environ.get("ccfraud.started")
+        if started is not None:
+            rule = request.url_rule
+            metrics.request(rule.rule if rule is not None else UNMATCHED, request.method, response.status_code,
+                            time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    def metrics_text() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
 
     @app.get("/health")
     def health() -> Response:
@@ -192,15 +262,23 @@ def create_app(model_location: str | None = None, *, max_rows: int | None = None
     @app.post("/predict")
     def predict() -> Response:
         loaded, scorer = state.require()
+        explain_rows = _explain_query()
         mimetype = request.mimetype
         if mimetype == JSON:
-            matrix = payload.parse_json(_request_body(), settings.max_rows)
+            matrix, explain_body = payload.parse_json(_request_body(), settings.max_rows)
+            explain_rows = explain_rows or explain_body
         elif mimetype == CSV:
             matrix = payload.parse_csv(_request_body(), settings.max_rows)
         else:
             found = request.content_type or "no Content-Type header"
             raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                            f"unsupported content type: expected {JSON} or {CSV}, found {found}")
-        return json_response(_predictions(loaded, scorer.probabilities(matrix)))
+        explainer = state.require_explainer() if explain_rows else None
+        probabilities = scorer.probabilities(matrix)
+        answer = _predictions(loaded, probabilities)
+        if explainer is not None:
+            _add_reasons(answer, explainer.explain(matrix))
+        metrics.scored(len(probabilities), int(np.count_nonzero(probabilities >= loaded.threshold)), explain_rows)
+        return json_response(answer)
 
     return app

@@ -1,10 +1,11 @@
 """gunicorn server hooks: the process-wide settings of the Procfile's server, kept out of the app factory.
 
 The Procfile loads this module with ``--config python:ccfraud.serving.gunicorn_conf``;
-its command line keeps every other setting. Freezing the heap and sizing Arrow's
-thread pool change the whole process, so they are done by the server that owns the
-processes, at the moment each one is right for, and not by ``create_app``: a test or
-a REPL that builds an app changes nothing global.
+its command line keeps every other setting. Freezing the heap, sizing Arrow's thread
+pool and the directory the workers share their metrics in change the whole process (or
+all of them), so they are done by the server that owns the processes, at the moment
+each one is right for, and not by ``create_app``: a test or a REPL that builds an app
+changes nothing global.
 
 gunicorn imports this module before it applies the Procfile's ``--env
 OMP_NUM_THREADS=1``, and OpenMP reads that variable once, when scikit-learn first
@@ -15,6 +16,8 @@ module level, only inside the hooks, which run after it.
 from __future__ import annotations
 
 import gc
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -74,3 +77,37 @@ def post_fork(server: Arbiter, worker: Worker) -> None:
     what it got.
     """
     server.log.info("Arrow's thread pool sized to %d threads", size_arrow_threads())
+
+
+#: The metrics directory ``on_starting`` created (removed again by ``on_exit``); None if it was configured.
+_created_metrics_dir: Path | None = None
+
+
+def on_starting(server: Arbiter) -> None:
+    """In the master, before any worker forks: the directory every worker counts its metrics in.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of an earlier run's files), else a new
+    temporary directory, exported to the workers (see :mod:`ccfraud.serving.metrics`).
+    """
+    global _created_metrics_dir
+    from ccfraud.serving import metrics
+
+    path, created = metrics.prepare_multiprocess_dir()
+    _created_metrics_dir = path if created else None
+    server.log.info("workers count their metrics in %s (%s)", path,
+                    "a temporary directory" if created else metrics.MULTIPROC_ENV)
+
+
+def child_exit(server: Arbiter, worker: Worker) -> None:
+    """In the master, when a worker has exited (stopped, killed, replaced): drop its live gauges; counts stay."""
+    from ccfraud.serving import metrics
+
+    metrics.mark_worker_dead(worker.pid)
+
+
+def on_exit(server: Arbiter) -> None:
+    """In the master, as the server stops: remove the metrics directory if ``on_starting`` created it."""
+    global _created_metrics_dir
+    if _created_metrics_dir is not None:
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
+        _created_metrics_dir = None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ccfraud import schema
-from ccfraud.serving.payload import INSTANCES
+from ccfraud import explain, schema
+from ccfraud.serving.payload import EXPLAIN, INSTANCES
 
 _REF = "#/components/schemas/"
 #: A JSON number the API accepts as a feature value: the schema's range rule, stated as JSON Schema bounds.
@@ -60,16 +60,30 @@ def csv_pattern() -> str:
     return rf"^\ufeff?(?:{without_label}|{with_label})(?:\r?\n)?$"
 
 
+#: What ``explain`` asks for, said once for the body field and the query parameter.
+_EXPLAIN_DESCRIPTION = ("true: each prediction also gets its reason codes (``reasons``) and the answer an "
+                        "``explanation`` saying their method and scale. Extra work only when asked.")
+
+
 def _schemas(max_rows: int) -> dict[str, Any]:
     transaction_properties: dict[str, Any] = {name: dict(_FEATURE_VALUE) for name in schema.FEATURES}
     transaction_properties[schema.TARGET] = {"description": "The label, if known: accepted and ignored."}
+    transaction_description = ("One card transaction: every feature is required and must be a JSON number (not a "
+                               f"string, boolean or null) within +/-{schema.MAX_ABS_VALUE!r}, the float32 range the "
+                               "model compares features in.")
+    explain_field = {"type": "boolean", "description": _EXPLAIN_DESCRIPTION}
     return {
         "Transaction": {
             "type": "object",
-            "description": "One card transaction: every feature is required and must be a JSON number "
-                           f"(not a string, boolean or null) within +/-{schema.MAX_ABS_VALUE!r}, the float32 range "
-                           "the model compares features in.",
+            "description": transaction_description,
             "properties": transaction_properties,
+            "required": list(schema.FEATURES),
+            "additionalProperties": False,
+        },
+        "TransactionRequest": {
+            "type": "object",
+            "description": f"{transaction_description} Optionally with \"{EXPLAIN}\" beside the features.",
+            "properties": {**transaction_properties, EXPLAIN: explain_field},
             "required": list(schema.FEATURES),
             "additionalProperties": False,
         },
@@ -78,8 +92,21 @@ def _schemas(max_rows: int) -> dict[str, Any]:
             "description": f"A batch of transactions, scored in order. This server scores at most {max_rows} "
                            "transactions per request and answers a larger batch with 413: a size limit, "
                            "like the body size, not a rule of the schema.",
-            "properties": {INSTANCES: {"type": "array", "items": _ref("Transaction"), "minItems": 1}},
+            "properties": {INSTANCES: {"type": "array", "items": _ref("Transaction"), "minItems": 1},
+                           EXPLAIN: explain_field},
             "required": [INSTANCES],
+            "additionalProperties": False,
+        },
+        "Reason": {
+            "type": "object",
+            "description": "A feature that pushed the score up (positive contribution) or down (negative).",
+            "properties": {
+                "feature": {"type": "string", "enum": list(schema.FEATURES)},
+                "value": {"type": "number", "description": "The feature's value in the request."},
+                "contribution": {"type": "number", "description": "Its share of the score, on the explanation's "
+                                 "scale: base_value plus every feature's contribution is the model's score."},
+            },
+            "required": ["feature", "value", "contribution"],
             "additionalProperties": False,
         },
         "Prediction": {
@@ -87,8 +114,28 @@ def _schemas(max_rows: int) -> dict[str, Any]:
             "properties": {
                 "fraud_probability": {"type": "number", "minimum": 0, "maximum": 1},
                 "is_fraud": {"type": "boolean", "description": "fraud_probability >= threshold"},
+                "reasons": {"type": "array", "items": _ref("Reason"), "maxItems": explain.TOP_REASONS,
+                            "description": f"With explain only: the (at most {explain.TOP_REASONS}) features with "
+                                           "the largest contributions either way, largest first; features that "
+                                           "contributed nothing are left out."},
             },
             "required": ["fraud_probability", "is_fraud"],
+            "additionalProperties": False,
+        },
+        "Explanation": {
+            "type": "object",
+            "description": "What the reasons' contributions are. linear: coefficient x scaled value (logistic "
+                           "regression); tree_path: each tree's root-to-leaf path, every split crediting its "
+                           "feature with the change in the expected output (forests, gradient boosting). scale "
+                           "log_odds: of fraud_probability; probability: the forest's vote share before the prior "
+                           "correction (a monotone map to fraud_probability, so signs hold).",
+            "properties": {
+                "method": {"type": "string", "enum": list(explain.METHODS)},
+                "scale": {"type": "string", "enum": list(explain.SCALES)},
+                "base_value": {"type": "number", "description": "The model's expected score on that scale."},
+                "top": {"type": "integer", "minimum": 1, "description": "Reasons given per prediction, at most."},
+            },
+            "required": ["method", "scale", "base_value", "top"],
             "additionalProperties": False,
         },
         "PredictionResponse": {
@@ -98,6 +145,7 @@ def _schemas(max_rows: int) -> dict[str, Any]:
                 "threshold": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
                 "predictions": {"type": "array", "items": _ref("Prediction"),
                                 "description": "One per input row, in input order."},
+                "explanation": _ref("Explanation"),
             },
             "required": ["model_version", "threshold", "predictions"],
             "additionalProperties": False,
@@ -174,10 +222,18 @@ def document(max_rows: int, max_body_bytes: int) -> dict[str, Any]:
                 "503": not_ready}}},
             "/openapi.json": {"get": {"summary": "This document.", "responses": {
                 "200": {"description": "OpenAPI document.", "content": {"application/json": {"schema": {}}}}}}},
+            "/metrics": {"get": {"summary": "Service metrics in the Prometheus text format, every worker's added up: "
+                                            "requests by route and status, latency, rows scored and flagged, "
+                                            "the model version.", "responses": {
+                "200": {"description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/predict": {"post": {
-                "summary": "Fraud probability and decision for one transaction or a batch.",
+                "summary": "Fraud probability and decision for one transaction or a batch; reason codes on request.",
+                "parameters": [{"name": EXPLAIN, "in": "query", "required": False, "schema": {"type": "boolean"},
+                                "description": f"{_EXPLAIN_DESCRIPTION} For either content type; with JSON, "
+                                               f"\"{EXPLAIN}\": true in the body does the same."}],
                 "requestBody": {"required": True, "content": {
-                    "application/json": {"schema": {"oneOf": [_ref("Transaction"), _ref("Instances")]}},
+                    "application/json": {"schema": {"oneOf": [_ref("TransactionRequest"), _ref("Instances")]}},
                     "text/csv": {"schema": {"type": "string", "pattern": csv_pattern(), "description": (
                         f"creditcard.csv rows with a header line (quoted or not), e.g. {csv_header}; the Class "
                         f"column is optional and ignored. The pattern is the file's own shape. The server also "
@@ -191,7 +247,7 @@ def document(max_rows: int, max_body_bytes: int) -> dict[str, Any]:
                     "400": _error_response("A body the schema refuses: malformed JSON or CSV, a missing or "
                                            "unknown field, a value that is not a number, not finite or beyond "
                                            "the float32 range, an empty batch; or a body shorter than its "
-                                           "Content-Length."),
+                                           "Content-Length; or explain (query or body) not true or false."),
                     "408": _error_response("The body did not all arrive within CCFRAUD_READ_TIMEOUT seconds "
                                            "(a stalled or trickling client)."),
                     "411": _error_response("A chunked body on a WSGI server that cannot tell where it ends "
@@ -200,6 +256,7 @@ def document(max_rows: int, max_body_bytes: int) -> dict[str, Any]:
                                            "size limits (CCFRAUD_MAX_BODY_BYTES, CCFRAUD_MAX_ROWS), not schema "
                                            "rules."),
                     "415": _error_response("Content type other than application/json or text/csv."),
+                    "501": _error_response("Reason codes were asked for a model that cannot give them."),
                     "503": not_ready,
                 },
             }},

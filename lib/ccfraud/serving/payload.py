@@ -29,6 +29,8 @@ from ccfraud import schema
 from ccfraud.serving.errors import ApiError
 
 INSTANCES = "instances"
+#: The request option asking for reason codes: a JSON body field or a query parameter.
+EXPLAIN = "explain"
 _FEATURES = tuple(schema.FEATURES)
 _FEATURE_SET = frozenset(schema.FEATURES)
 _ALLOWED = frozenset(schema.COLUMNS)
@@ -123,24 +125,39 @@ def _decode_json(body: bytes) -> Any:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed JSON: {error}") from None
 
 
-def parse_json(body: bytes, max_rows: int) -> np.ndarray:
-    """A JSON transaction object, or ``{"instances": [...]}``, as an (n, features) float matrix."""
+def explain_flag(value: Any, where: str) -> bool:
+    """The ``explain`` option's value: a JSON boolean, else a 400 naming the field."""
+    if type(value) is not bool:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: '{EXPLAIN}' must be true or false, found "
+                       f"{_described(value)}", field=EXPLAIN)
+    return value
+
+
+def parse_json(body: bytes, max_rows: int) -> tuple[np.ndarray, bool]:
+    """A JSON transaction object, or ``{"instances": [...]}``, as an (n, features) float matrix; and ``explain``.
+
+    ``"explain": true`` may sit beside the transaction's fields or beside ``instances``
+    (not inside a batch's transactions): it asks for reason codes.
+    """
     document = _decode_json(body)
     if not isinstance(document, dict):
         raise ApiError(HTTPStatus.BAD_REQUEST, "expected a JSON object (one transaction, or "
                        f"{{\"{INSTANCES}\": [...]}} for a batch), found {_json_type(document)}")
+    explain = False
+    if EXPLAIN in document:
+        explain = explain_flag(document.pop(EXPLAIN), "request body")
     if INSTANCES not in document:
-        return np.array([transaction_row(document)], dtype=np.float64)
+        return np.array([transaction_row(document)], dtype=np.float64), explain
     if len(document) != 1:
         extra = sorted(k for k in document if k != INSTANCES)
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"a batch is {{\"{INSTANCES}\": [...]}} alone; "
-                       f"found unexpected top-level field(s) {extra}", field=extra[0])
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"a batch is {{\"{INSTANCES}\": [...]}} alone, optionally with "
+                       f"\"{EXPLAIN}\"; found unexpected top-level field(s) {extra}", field=extra[0])
     instances = document[INSTANCES]
     if not isinstance(instances, list):
         raise ApiError(HTTPStatus.BAD_REQUEST, f"'{INSTANCES}' must be a JSON array of transaction objects, "
                        f"found {_json_type(instances)}", field=INSTANCES)
     check_row_count(len(instances), max_rows)
-    return np.array([transaction_row(obj, row=i) for i, obj in enumerate(instances)], dtype=np.float64)
+    return np.array([transaction_row(obj, row=i) for i, obj in enumerate(instances)], dtype=np.float64), explain
 
 
 def check_row_count(rows: int, max_rows: int) -> None:
