@@ -10,8 +10,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from ccfraud import atomicio
 
 NOTEBOOKS_DIR = Path("notebooks")
@@ -29,6 +27,7 @@ def stage_notebook(stage: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
 
 def notebook_to_html(notebook: Path, html: Path, *, show_code: bool = False) -> Path:
     """Render an executed notebook to HTML; input cells and prompts hidden unless ``show_code``."""
+    import nbformat  # imported here, like papermill: nbformat's jsonschema import alone takes seconds
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
