@@ -205,6 +205,22 @@ def test_report_links_the_ci_run_when_in_github_actions(two_commit_repo, tmp_pat
         assert (out.parent / link).resolve().is_file(), f"{link} is not relative to {out}"
 
 
+def declared_outputs(dvc_yaml: dict, kind: str) -> set[str]:
+    """Paths the stages of a dvc.yaml declare under ``kind`` (metrics, plots or outs), whichever stage."""
+    paths = set()
+    for stage in dvc_yaml["stages"].values():
+        for entry in stage.get(kind, []):
+            paths.update([entry] if isinstance(entry, str) else entry)
+    return paths
+
+
+def test_the_files_the_report_reads_are_declared_in_the_pipeline():
+    dvc_yaml = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
+    assert pr_report.METRICS_PATH.as_posix() in declared_outputs(dvc_yaml, "metrics")
+    plots = declared_outputs(dvc_yaml, "plots") | declared_outputs(dvc_yaml, "outs")
+    assert {pr_report.PR_CURVE_CSV.as_posix(), pr_report.CONFUSION_CSV.as_posix()} <= plots
+
+
 # --------------------------------------------------------------------------- pure rendering
 
 

@@ -8,6 +8,17 @@ uploads the images it references; anyone can run the same command locally.
 
 The Markdown is rendered by pure functions from plain dicts, so the layout is tested
 without git or DVC; the subprocess calls and file writes sit in the second half.
+
+The values come from DVC (``--json``), the tables are ours rather than ``dvc metrics diff --md``:
+on the default run's metrics.json (commit 01d6821), ``--md --all`` prints 42 rows in
+alphabetical order with ``test.auprc`` 21st, behind the candidates' CV scores, and marks a
+changed model name, an unchanged one and a new metric alike with ``-``; ours leads with the
+11 headline rows (AUPRC first), folds the other 31, and says changed, new or removed
+(``dvc params diff --md`` has no change column at all).
+
+The report reads the files the pipeline declares in ``dvc.yaml`` (``reports/metrics.json``
+and ``reports/plots/*.csv``, whichever stage writes them: a test checks they are declared),
+not a stage's module.
 """
 
 from __future__ import annotations
@@ -27,9 +38,13 @@ import pandas as pd
 
 from ccfraud import atomicio
 from ccfraud.reporting import REPORTS_DIR
-from ccfraud.training import METRICS_FILE, PLOTS_DIR
 
 REPORT_FILE = REPORTS_DIR / "pr_report.md"
+#: What the pipeline's dvc.yaml declares as its metrics file and the plot data read here.
+METRICS_PATH = REPORTS_DIR / "metrics.json"
+PR_CURVE_CSV = REPORTS_DIR / "plots" / "pr_curve.csv"
+CONFUSION_CSV = REPORTS_DIR / "plots" / "confusion.csv"
+NOT_RUN = "not found (run the pipeline: `dvc repro`)"
 #: The workflow artifact holding reports/ (the name must match pipeline-report.yml).
 ARTIFACT_NAME = "pipeline-reports"
 #: Metrics a reviewer reads first, in this order; AUPRC leads because accuracy and
@@ -465,7 +480,7 @@ def collect_inputs(base: str, *, root: Path = Path("."), out: Path = REPORT_FILE
     """Run the git/dvc queries and draw the PNGs next to the plot data; return what the Markdown needs."""
     root = Path(root)
     reports = root / REPORTS_DIR
-    metrics_path = reports / METRICS_FILE
+    metrics_path = root / METRICS_PATH
     if not metrics_path.exists():
         raise ReportError(f"{metrics_path} not found: run the pipeline first (`dvc repro` or `make pipeline`)")
     try:
@@ -476,11 +491,10 @@ def collect_inputs(base: str, *, root: Path = Path("."), out: Path = REPORT_FILE
     metric_changes = changes_from_dvc(dvc_diff("metrics", base, root))
     param_changes = changes_from_dvc(dvc_diff("params", base, root))
 
-    plots = reports / PLOTS_DIR
     figures: list[ReportImage] = []
-    pr_csv = plots / "pr_curve.csv"
+    pr_csv = root / PR_CURVE_CSV
     if pr_csv.exists():
-        base_text = git_show(base, (REPORTS_DIR / PLOTS_DIR / "pr_curve.csv").as_posix(), root)
+        base_text = git_show(base, PR_CURVE_CSV.as_posix(), root)
         base_curve = None
         if base_text:
             base_curve = pd.read_csv(io.StringIO(base_text))
@@ -488,20 +502,20 @@ def collect_inputs(base: str, *, root: Path = Path("."), out: Path = REPORT_FILE
                 base_curve = None
         test = metrics.get("test") or {}
         point = (test["recall"], test["precision"]) if {"recall", "precision"} <= set(test) else None
-        png = draw_pr_curve(_read_csv(pr_csv, ("recall", "precision")), base_curve, plots / "pr_curve.png",
+        png = draw_pr_curve(_read_csv(pr_csv, ("recall", "precision")), base_curve, pr_csv.with_suffix(".png"),
                             base_label=base, operating_point=point)
         figures.append(ReportImage("Precision-recall curve", _relative_link(png, root / out)))
     else:
-        figures.append(ReportImage("Precision-recall curve", None, f"{pr_csv} not found (run the train stage)"))
+        figures.append(ReportImage("Precision-recall curve", None, f"{pr_csv} {NOT_RUN}"))
 
     confusion = None
-    confusion_csv = plots / "confusion.csv"
+    confusion_csv = root / CONFUSION_CSV
     if confusion_csv.exists():
         confusion = confusion_counts(_read_csv(confusion_csv, ("actual", "predicted")))
-        png = draw_confusion(confusion, plots / "confusion.png", threshold=metrics.get("threshold"))
+        png = draw_confusion(confusion, confusion_csv.with_suffix(".png"), threshold=metrics.get("threshold"))
         figures.append(ReportImage("Confusion matrix", _relative_link(png, root / out)))
     else:
-        figures.append(ReportImage("Confusion matrix", None, f"{confusion_csv} not found (run the train stage)"))
+        figures.append(ReportImage("Confusion matrix", None, f"{confusion_csv} {NOT_RUN}"))
 
     html_reports = sorted((REPORTS_DIR / p.name).as_posix() for p in reports.glob("[0-9][0-9]_*.html"))
     return ReportInputs(
