@@ -10,6 +10,14 @@ headers) while ``GET /ready`` and a single-record ``POST /predict`` are timed.
     .venv/bin/python benchmarks/serving.py --model models --seconds 10
     .venv/bin/python benchmarks/serving.py --load python   # the built-in load loop even if wrk is installed
     .venv/bin/python benchmarks/serving.py --compare sync="--worker-class sync"   # the Procfile, then sync workers
+    .venv/bin/python benchmarks/serving.py --model models --metrics-ab 5 --slow-clients 0   # and the metrics' cost
+
+Reason codes: one explained row (``POST /predict?explain=true``, one record, one client
+at a time) is timed over HTTP and in-process (``ccfraud.explain``); goal: median <= 20 ms
+for the default model. ``--metrics-ab ROUNDS``: the single-record load (16 clients) on the
+Procfile's app and on the same app without its metrics (``app_without_metrics``), the two
+servers side by side, alternating A/B and B/A for ROUNDS pairs; the overhead is the median
+of the pairs' throughput ratios. Goal: <= 5% of requests per second.
 
 ``--compare LABEL="gunicorn args"`` runs every phase again on the Procfile command with
 those arguments appended (they override its own), back to back in the same run, so
@@ -49,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ccfraud import artifacts, modeling, schema, synthetic
+from ccfraud import artifacts, explain, modeling, schema, synthetic
 from ccfraud.serving.scoring import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,16 +69,39 @@ BATCH_ROWS = 10_000
 LISTENING = re.compile(rf"Listening at: http://{re.escape(LOOPBACK)}:(\d+) \((\d+)\)")
 
 
-def procfile_command(port: int, extra_args: str = "") -> str:
+#: The Procfile's app, and the one the metrics A/B compares it with.
+PROCFILE_APP = '"ccfraud.serving:create_app()"'
+APP_WITHOUT_METRICS = '"benchmarks.serving:app_without_metrics()"'
+
+
+def procfile_command(port: int, extra_args: str = "", app: str = PROCFILE_APP) -> str:
     """The Procfile's web command, bound to a loopback port instead of every interface.
 
     ``extra_args`` go at the end, where gunicorn lets them override the Procfile's own
-    (``--worker-class sync``): how the benchmark compares server designs.
+    (``--worker-class sync``): how the benchmark compares server designs. ``app`` replaces
+    the Procfile's app (the metrics A/B).
     """
     line = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("web:"))
     command = line.removeprefix("web:").strip().replace("0.0.0.0", LOOPBACK)
     command = command.replace("$PORT", str(port)).replace("${PORT}", str(port))
-    return f"{command} {extra_args}".strip()
+    if PROCFILE_APP not in command:
+        raise RuntimeError(f"the Procfile's web command does not serve {PROCFILE_APP}: {command}")
+    return f"{command.replace(PROCFILE_APP, app)} {extra_args}".strip()
+
+
+def app_without_metrics():
+    """The Procfile's app without its metrics: no clock started or read, nothing counted (the metrics A/B).
+
+    Imported by gunicorn from the repository's root (``benchmarks.serving:app_without_metrics()``).
+    """
+    from ccfraud.serving import create_app
+    from ccfraud.serving.app import METRICS_EXTENSION
+
+    app = create_app()
+    for hooks in (app.before_request_funcs, app.after_request_funcs):
+        hooks[None] = [f for f in hooks.get(None, []) if f.__name__ not in ("start_clock", "count")]
+    app.extensions[METRICS_EXTENSION].scored = lambda *args: None
+    return app
 
 
 def choose_model(model_dir: Path | None, scratch: Path) -> Path:
@@ -105,13 +136,13 @@ class Server:
     reads the port from gunicorn's log.
     """
 
-    def __init__(self, model_dir: Path, extra_args: str = ""):
+    def __init__(self, model_dir: Path, extra_args: str = "", app: str = PROCFILE_APP):
         env = dict(os.environ, CCFRAUD_MODEL=str(model_dir), PORT="0")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self.port = 0
         self.log = tempfile.TemporaryFile()
         #: the master's pid too: ``exec`` makes the shell gunicorn
-        self.process = subprocess.Popen(["sh", "-c", "exec " + procfile_command(0, extra_args)], cwd=ROOT,
+        self.process = subprocess.Popen(["sh", "-c", "exec " + procfile_command(0, extra_args, app)], cwd=ROOT,
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
@@ -641,6 +672,94 @@ def slow_client_phase(port: int, predict_body: bytes, slow_clients: int, interva
     return {"timed": timed, "slow": slow.summary()}
 
 
+def explained_row_times(port: int, bodies: list[bytes], repeats: int) -> list[float]:
+    """Seconds per ``POST /predict?explain=true`` of one record, one at a time on one kept-alive connection."""
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    times = []
+    try:
+        for index in range(repeats + 5):
+            started = time.perf_counter()
+            connection.request("POST", "/predict?explain=true", bodies[index % len(bodies)], headers)
+            response = connection.getresponse()
+            content = response.read()
+            times.append(time.perf_counter() - started)
+            if response.status != 200 or b'"reasons"' not in content:
+                raise RuntimeError(f"explained request failed: HTTP {response.status}: {content[:300]!r}")
+    finally:
+        connection.close()
+    return times[5:]  # the first ones warm the connection and both workers' scratch space
+
+
+def in_process_explain_times(model, rows: np.ndarray, repeats: int) -> list[float]:
+    """Seconds per explained row in-process: ``ccfraud.explain`` on one row, reasons included, no HTTP."""
+    explainer = explain.Explainer(model)
+    times = []
+    for index in range(repeats + 5):
+        started = time.perf_counter()
+        explainer.explain(rows[index % len(rows)][None, :]).reasons(0)
+        times.append(time.perf_counter() - started)
+    return times[5:]
+
+
+def summary_ms(times: list[float]) -> dict:
+    flat = np.array(times) * 1e3
+    return {"median": float(np.median(flat)), "p99": float(np.percentile(flat, 99)), "max": float(flat.max()),
+            "requests": len(times)}
+
+
+def metrics_ab(model_dir: Path, rounds: int, args: argparse.Namespace, wrk: str | None, script: Path,
+               bodies: list[bytes], clients: int = 16) -> dict:
+    """Single-record throughput with and without the metrics, the two servers side by side, in alternating pairs.
+
+    Round i runs A (the Procfile's app) then B (without metrics), or B then A when i is odd,
+    so a machine that speeds up or slows down during a round favours neither. Each pair gives
+    a ratio A/B; the overhead is 1 minus the median ratio. The servers' CPU time per request
+    is compared the same way: other jobs on a shared machine disturb it less than throughput.
+    """
+    servers = {"with metrics": Server(model_dir), "without metrics": Server(model_dir, app=APP_WITHOUT_METRICS)}
+    pairs = []
+    try:
+        for server in servers.values():
+            server.wait_ready()
+
+        def load(server: Server) -> dict:
+            if wrk:
+                run_wrk(wrk, server.port, script, clients, 1.0, warmup=False)
+            else:
+                run_clients(server.port, bodies, clients, 1.0, args.max_requests, warmup=0.0)
+            cpu = server.cpu_seconds()
+            if wrk:
+                phase = run_wrk(wrk, server.port, script, clients, args.seconds, warmup=False)
+            else:
+                phase = run_clients(server.port, bodies, clients, args.seconds, args.max_requests, warmup=0.0)
+            phase["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu) / phase["requests"] * 1e6
+            return phase
+
+        for round_ in range(rounds):
+            order = ["with metrics", "without metrics"][:: 1 if round_ % 2 == 0 else -1]
+            measured = {label: load(servers[label]) for label in order}
+            pair = {label: {key: phase[key] for key in ("throughput_rps", "p99_ms", "server_cpu_us_per_request")}
+                    for label, phase in measured.items()}
+            pair["ratio"] = measured["with metrics"]["throughput_rps"] / measured["without metrics"]["throughput_rps"]
+            pair["cpu_ratio"] = (measured["with metrics"]["server_cpu_us_per_request"]
+                                 / measured["without metrics"]["server_cpu_us_per_request"])
+            pair["order"] = order
+            pairs.append(pair)
+            print(f"[bench] metrics A/B round {round_ + 1}: " + ", ".join(
+                f"{label} {pair[label]['throughput_rps']:.0f} req/s" for label in order)
+                + f" (ratio {pair['ratio']:.3f}, CPU per request ratio {pair['cpu_ratio']:.3f})", file=sys.stderr)
+    finally:
+        for server in servers.values():
+            server.stop()
+    ratios = [pair["ratio"] for pair in pairs]
+    cpu_ratios = [pair["cpu_ratio"] for pair in pairs]
+    return {"clients": clients, "seconds": args.seconds, "pairs": pairs, "median_ratio": statistics.median(ratios),
+            "overhead_percent": (1.0 - statistics.median(ratios)) * 100.0,
+            "median_cpu_ratio": statistics.median(cpu_ratios),
+            "cpu_overhead_percent": (statistics.median(cpu_ratios) - 1.0) * 100.0}
+
+
 def measure_design(label: str, extra_args: str, model_dir: Path, args: argparse.Namespace, wrk: str | None,
                    script: Path, bodies: list[bytes], csv_body: bytes) -> dict:
     """Every HTTP phase against one server design: the Procfile command plus ``extra_args``."""
@@ -666,6 +785,8 @@ def measure_design(label: str, extra_args: str, model_dir: Path, args: argparse.
         result = {"label": label, "extra_args": extra_args, "single": single,
                   "batch_10k_csv_ms": {"median": statistics.median(times) * 1e3, "min": min(times) * 1e3,
                                        "max": max(times) * 1e3, "body_bytes": len(csv_body)}}
+        if args.explain_repeats:
+            result["explained_row_ms"] = summary_ms(explained_row_times(server.port, bodies, args.explain_repeats))
         if args.slow_clients:
             result["slow_clients"] = slow_client_phase(server.port, bodies[0], args.slow_clients,
                                                        args.slow_interval, args.seconds)
@@ -683,6 +804,10 @@ def print_design(result: dict) -> None:
     batch = result["batch_10k_csv_ms"]
     print(f"HTTP 10,000-row CSV batch ({batch['body_bytes'] / 1e6:.1f} MB):  median {batch['median']:.1f} ms   "
           f"min {batch['min']:.1f} ms   max {batch['max']:.1f} ms")
+    if "explained_row_ms" in result:
+        timed = result["explained_row_ms"]
+        print(f"HTTP one explained row (?explain=true, one client):  median {timed['median']:.2f} ms   "
+              f"p99 {timed['p99']:.2f} ms   max {timed['max']:.1f} ms   ({timed['requests']} requests)")
     if "slow_clients" in result:
         slow = result["slow_clients"]["slow"]
         print(f"with {slow['connections']} slow connections (a byte every {slow['interval_s']:g} s; half bodies, "
@@ -718,6 +843,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between two bytes of a slow connection (default 1.5)")
     parser.add_argument("--compare", action="append", default=[], metavar='LABEL="ARGS"',
                         help="also measure the Procfile command with these gunicorn arguments appended (repeatable)")
+    parser.add_argument("--explain-repeats", type=int, default=200,
+                        help="explained single-record requests timed (median reported; 0 skips; default 200)")
+    parser.add_argument("--metrics-ab", type=int, default=0, metavar="ROUNDS",
+                        help="also compare single-record throughput with and without the metrics, in ROUNDS "
+                             "alternating pairs (default 0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if not 0 <= args.slow_clients <= MAX_SLOW_CLIENTS:
@@ -745,6 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         modeling.fraud_probability(loaded.model, data)
         in_process_batch = time.perf_counter() - started
+        explain_times = in_process_explain_times(loaded.model, rows[:1000], max(args.explain_repeats, 50))
 
         wrk = shutil.which("wrk") if args.load != "python" else None
         if args.load == "wrk" and wrk is None:
@@ -753,6 +884,8 @@ def main(argv: list[str] | None = None) -> int:
         script.write_text(wrk_script(bodies))
         measured = [measure_design(label, extra, Path(model_dir).resolve(), args, wrk, script, bodies, csv_body)
                     for label, extra in designs]
+        ab = (metrics_ab(Path(model_dir).resolve(), args.metrics_ab, args, wrk, script, bodies)
+              if args.metrics_ab else None)
         results = {
             "model_version": loaded.version,
             "load_generator": "wrk" if wrk else "python",
@@ -761,7 +894,9 @@ def main(argv: list[str] | None = None) -> int:
             "in_process_single_row_per_s": rate,
             "in_process_scorer_single_row_per_s": fast_rate,
             "in_process_batch_10k_ms": in_process_batch * 1e3,
+            "in_process_explained_row_ms": summary_ms(explain_times),
             "designs": measured,
+            "metrics_ab": ab,
         }
 
     print(f"machine: {os.cpu_count()} CPUs, load average {results['load_average_before']} before, "
@@ -769,10 +904,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"in-process predict_proba, one row:  {rate:8.0f} rows/s   (10,000-row batch in-process: "
           f"{results['in_process_batch_10k_ms']:.1f} ms)")
     print(f"in-process server scoring path, one row: {fast_rate:8.0f} rows/s   (no HTTP, no parsing)")
+    timed = results["in_process_explained_row_ms"]
+    print(f"in-process reason codes (ccfraud.explain), one row: median {timed['median']:.2f} ms   "
+          f"p99 {timed['p99']:.2f} ms")
     print(f"load generator: {results['load_generator']}"
           + ("" if wrk else " (the built-in loop; wrk, if installed, takes less of the CPU the server shares)"))
     for result in measured:
         print_design(result)
+    if ab is not None:
+        print(f"== metrics A/B, single record at {ab['clients']} clients, {len(ab['pairs'])} alternating pairs of "
+              f"{ab['seconds']:g} s: median throughput ratio {ab['median_ratio']:.3f} "
+              f"(overhead {ab['overhead_percent']:.1f}%); server CPU per request: median ratio "
+              f"{ab['median_cpu_ratio']:.3f} (overhead {ab['cpu_overhead_percent']:.1f}%)")
+        for pair in ab["pairs"]:
+            print("  " + ", ".join(f"{label} {pair[label]['throughput_rps']:.0f} req/s (p99 "
+                                   f"{pair[label]['p99_ms']:.1f} ms, server CPU "
+                                   f"{pair[label]['server_cpu_us_per_request']:.0f} us/request)"
+                                   for label in pair["order"])
+                  + f": ratio {pair['ratio']:.3f}, CPU {pair['cpu_ratio']:.3f}")
     print(f"server command: {shlex.join(['sh', '-c', procfile_command(0)]).replace(':0 ', ':$PORT ')}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -186,3 +186,49 @@ def test_metrics_count_requests_rows_flagged_rows_and_the_model(flagging_forest_
                      ("threshold", repr(loaded.threshold))): 1.0}
     again = samples(client.get("/metrics").get_data(as_text=True))
     assert again[("ccfraud_http_requests_total", (("method", "GET"), ("route", "/metrics"), ("status", "200")))] == 1
+
+
+def test_the_benchmarks_app_without_metrics_serves_the_same_and_counts_nothing(logreg_model_dir, rows,  # noqa: F811
+                                                                               monkeypatch):
+    """The metrics A/B of benchmarks/serving.py compares the Procfile's app with this one: only the counting differs."""
+    from test_benchmarks import load_benchmark
+
+    from ccfraud.serving.app import METRICS_EXTENSION
+
+    bench = load_benchmark("serving")
+    assert bench.procfile_command(0, app=bench.APP_WITHOUT_METRICS) == \
+        bench.procfile_command(0).replace(bench.PROCFILE_APP, bench.APP_WITHOUT_METRICS)
+    monkeypatch.setenv("CCFRAUD_MODEL", str(logreg_model_dir))
+    plain, counted = bench.app_without_metrics().test_client(), create_app().test_client()
+    body = {"instances": [as_object(r) for _, r in rows.iterrows()]}
+    assert post(plain, body).get_json() == post(counted, body).get_json()
+    found = samples(plain.get("/metrics").get_data(as_text=True))
+    assert found[("ccfraud_rows_scored_total", ())] == 0
+    assert not [name for name, _ in found if name == "ccfraud_http_requests_total"]
+    assert plain.application.extensions[METRICS_EXTENSION] is not counted.application.extensions[METRICS_EXTENSION]
+    assert samples(counted.get("/metrics").get_data(as_text=True))[("ccfraud_rows_scored_total", ())] == len(rows)
+
+
+def test_metrics_follow_the_environment_even_if_prometheus_client_was_imported_before_it_changed(
+        logreg_model_dir, rows, tmp_path, monkeypatch):  # noqa: F811
+    """Imported in one mode, then the environment changes (a library imported it before the master made the
+    directory; a test ran the hooks): an app counts in the mode the environment says when it first counts."""
+    from prometheus_client import values
+
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored after the test
+    monkeypatch.setenv(serving_metrics.MULTIPROC_ENV, str(tmp_path))
+    values.ValueClass = values.get_value_class()  # as if imported with the variable set
+    monkeypatch.delenv(serving_metrics.MULTIPROC_ENV)
+    client = create_app(str(logreg_model_dir)).test_client()
+    assert post(client, as_object(rows.iloc[0])).status_code == 200
+    assert samples(client.get("/metrics").get_data(as_text=True))[("ccfraud_rows_scored_total", ())] == 1
+    assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setenv(serving_metrics.MULTIPROC_ENV, str(tmp_path))  # and the other way round
+    client = create_app(str(logreg_model_dir)).test_client()
+    try:
+        assert post(client, as_object(rows.iloc[0])).status_code == 200
+        assert samples(client.get("/metrics").get_data(as_text=True))[("ccfraud_rows_scored_total", ())] == 1
+        assert sorted(path.name.split("_")[0] for path in tmp_path.iterdir()) == ["counter", "gauge", "histogram"]
+    finally:
+        values.close_all_multiprocess_files()  # this process's value files

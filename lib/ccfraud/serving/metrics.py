@@ -20,8 +20,9 @@ worker's. The server hooks (:mod:`ccfraud.serving.gunicorn_conf`) make that dire
 the master before any worker forks (a fresh temporary one unless the variable is set)
 and clear a dead worker's live gauges. prometheus-client picks its mode when it is
 imported, from that variable, so it is imported here only when a process first counts
-something: in a worker, after the fork, never in the master at ``--preload``. Without
-the variable (an app built in a test or a REPL), the app counts in its own registry.
+something: in a worker, after the fork, never in the master at ``--preload`` (and if
+something imported it earlier, the mode is chosen again then). Without the variable
+(an app built in a test or a REPL), the app counts in its own registry.
 """
 
 from __future__ import annotations
@@ -92,10 +93,12 @@ class ServiceMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 
         self._multiprocess = multiprocess_dir() is not None
-        if self._multiprocess and not getattr(values.ValueClass, "_multiprocess", False):
-            log.error("%s is set but prometheus_client was imported before it: this worker's /metrics counts "
-                      "only itself", MULTIPROC_ENV)
-            self._multiprocess = False
+        if getattr(values.ValueClass, "_multiprocess", False) != self._multiprocess:
+            # prometheus-client chose its mode when it was first imported, and the environment has changed
+            # since (something imported it before the master made the directory): choose again, as it would.
+            log.info("prometheus-client was imported before %s was %s: its mode is chosen again", MULTIPROC_ENV,
+                     "set" if self._multiprocess else "unset")
+            values.ValueClass = values.get_value_class()
         # Multiprocess values live in files, and the scrape collects them from there: registering them would
         # only report this worker's values a second time.
         self._registry = None if self._multiprocess else CollectorRegistry()
