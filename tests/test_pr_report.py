@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run, tool_env
+from conftest import run
 from PIL import Image
 
 from ccfraud import pr_report
@@ -164,7 +164,7 @@ def test_first_pr_against_a_base_without_metrics(tmp_path):
     run(["dvc", "init", "-q"], repo)
     write_pipeline_outputs(repo, HEAD_METRICS, seed=7, curve_power=2.0)
     commit_all(repo, "first pipeline run")
-    run(["ccfraud", "pr-report", "--base", "main"], repo)
+    pr_report.write_report("main", root=repo, env={})  # in process: the fixture runs the command itself
     text = (repo / "reports" / "pr_report.md").read_text()
     assert "The base `main` has no metrics yet" in text
     rows = table_rows(text)
@@ -194,10 +194,10 @@ def test_missing_metrics_says_to_run_the_pipeline(tmp_path):
 
 
 def test_report_links_the_ci_run_when_in_github_actions(two_commit_repo, tmp_path):
-    env = tool_env() | {"GITHUB_ACTIONS": "true", "GITHUB_SERVER_URL": "https://github.com",
-                        "GITHUB_REPOSITORY": "acme/ccfraud", "GITHUB_RUN_ID": "123"}
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_SERVER_URL": "https://github.com", "GITHUB_REPOSITORY": "acme/ccfraud",
+           "GITHUB_RUN_ID": "123"}
     out = tmp_path / "ci_report.md"
-    run(["ccfraud", "pr-report", "--base", "main", "--out", str(out)], two_commit_repo, env=env)
+    pr_report.write_report("main", root=two_commit_repo, out=out, env=env)
     text = out.read_text()
     assert "[this workflow run](https://github.com/acme/ccfraud/actions/runs/123)" in text
     assert f"artifact `{pr_report.ARTIFACT_NAME}`" in text
