@@ -12,6 +12,7 @@ import re
 import shlex
 from pathlib import Path
 
+import nbformat
 import papermill
 import pytest
 import yaml
@@ -72,3 +73,19 @@ def test_an_unparsable_parameters_cell_is_caught(tmp_path, caplog):
                                    prepare_only=True, progress_bar=False)
     messages = [r.getMessage() for r in caplog.records]
     assert "Passed unknown parameter: source" in messages
+
+
+def test_a_notebook_run_prints_no_warning(tmp_path, capfd, caplog):
+    """The runner every stage uses, given a value with '=' and '&': no warning from papermill or the kernel."""
+    cells = [nbformat.v4.new_code_cell("source = None  # None: the default", metadata={"tags": ["parameters"]}),
+             nbformat.v4.new_code_cell("print(source)")]
+    kernelspec = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    notebook = tmp_path / "tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": kernelspec}), notebook)
+    with caplog.at_level(logging.WARNING):
+        executed, _ = reporting.run_notebook(notebook, {"source": "synthetic://?rows=2000&frauds=20"},
+                                             root=tmp_path, reports_dir=tmp_path / "reports")
+    assert [r.getMessage() for r in caplog.records] == []
+    assert "WARNING" not in capfd.readouterr().err
+    output = nbformat.read(executed, as_version=4).cells[-1].outputs[0]["text"]
+    assert output == "synthetic://?rows=2000&frauds=20\n"

@@ -6,6 +6,7 @@ browser, with code cells hidden unless the stage's ``show_code`` parameter asks.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,11 @@ def run_notebook(
     notebooks and the monitor notebook (not a stage) both run through here.
     """
     import papermill
+    from traitlets.config import Config
 
+    # The kernel listens on Unix sockets, not localhost TCP ports: only this user reaches it,
+    # and ipykernel does not warn on every run that its TCP traffic is unencrypted.
+    kernel = {"config": Config({"KernelManager": {"transport": "ipc"}})} if os.name == "posix" else {}
     root = root.resolve()
     reports = root / REPORTS_DIR if reports_dir is None else Path(reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
@@ -82,6 +87,7 @@ def run_notebook(
                 cwd=str(root),
                 progress_bar=True,
                 report_mode=False,
+                **kernel,
             )
         except BaseException:
             if tmp.exists() and tmp.stat().st_size:
