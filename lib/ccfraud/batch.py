@@ -572,7 +572,7 @@ def score(model: str | artifacts.LoadedModel, input_location: str, output: str, 
     out_options = lake.storage_options(output, endpoint)
     loaded = model if isinstance(model, artifacts.LoadedModel) else load_model(model, endpoint)
     check_output(output, input_location, out_options)
-    files = find_inputs(input_location, in_options)
+    files = find_inputs(lake.for_workers(input_location), in_options)
     partitions = plan(files, client, in_options, partition_rows=partition_rows, csv_block_bytes=csv_block_bytes)
     total = sum(partition.rows for partition in partitions)
     if total == 0:
@@ -584,8 +584,8 @@ def score(model: str | artifacts.LoadedModel, input_location: str, output: str, 
     plugin = ScorerPlugin(loaded, artifacts.library_versions(), name=f"ccfraud-scorer-{job_id}")
     try:
         client.register_plugin(plugin)  # raises a worker's setup error (other library versions, say)
-        parts = _run(client, partitions, job_id, _Task(plugin.name, output, out_options, loaded.threshold,
-                                                       loaded.version), report, progress_seconds)
+        task = _Task(plugin.name, lake.for_workers(output), out_options, loaded.threshold, loaded.version)
+        parts = _run(client, partitions, job_id, task, report, progress_seconds)
     finally:
         try:
             client.unregister_worker_plugin(plugin.name)

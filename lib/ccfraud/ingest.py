@@ -607,7 +607,8 @@ def _convert_parquet(location: str, target: str, *, where: str, md5: str | None,
     files = parquet_files(location, source_options)
     log.info("%s: %d Parquet file(s)", where, len(files))
     with uncommitted_run(target, options) as job_id:
-        tasks: list[Task] = [(parquet_file_task, (file, source_options, index, target, partition_rows, options))
+        tasks: list[Task] = [(parquet_file_task, (file, source_options, index, lake.for_workers(target), partition_rows,
+                                                  options))
                              for index, file in enumerate(files)]
         results = _execute(tasks, engine=engine, client=client, job_id=job_id,
                            counter=progress.Parts(STAGE, f"Parquet {where}", len(tasks), every=PROGRESS_SECONDS))
@@ -634,7 +635,7 @@ def write_synthetic(source: str, target: str, *, engine: str = "dask", partition
     except ValueError as exc:
         raise sources.SourceError(f"{where}: {exc}") from None
     with uncommitted_run(target, options) as job_id:
-        tasks: list[Task] = [(synthetic_task, (spec, index, target, partition_rows, options, where))
+        tasks: list[Task] = [(synthetic_task, (spec, index, lake.for_workers(target), partition_rows, options, where))
                              for index in range(spec.partitions)]
         results = _execute(tasks, engine=engine, client=client, job_id=job_id,
                            counter=progress.Parts(STAGE, f"synthetic {where}", len(tasks), every=PROGRESS_SECONDS))

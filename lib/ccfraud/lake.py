@@ -90,6 +90,15 @@ def is_remote(location: str) -> bool:
     return "://" in str(location) and not str(location).startswith("file://")
 
 
+def for_workers(location: str) -> str:
+    """``location`` as tasks on a cluster must be given it: a local path made absolute.
+
+    A worker's working directory is not the client's (with a configured scheduler it is
+    another process, maybe on another machine sharing the storage at the same path).
+    """
+    return str(location) if is_remote(location) else os.path.abspath(location)
+
+
 def _filesystem(location: str, options: dict[str, Any] | None) -> tuple[Any, str]:
     import fsspec.core
 
