@@ -8,10 +8,15 @@ with a memory limit, and prints the figures.
     .venv/bin/python benchmarks/batch_scoring.py --rows 28480700      # 100x
     .venv/bin/python benchmarks/batch_scoring.py --s3                 # input and output on a local SeaweedFS server
     .venv/bin/python benchmarks/batch_scoring.py --model models --memory-limit 1GB --json out.json
+    . .s3-data/s3.env; .venv/bin/python benchmarks/batch_scoring.py --input s3://ccfraud/synthetic-100x/ \
+        --endpoint-url http://127.0.0.1:8333 --candidate logreg      # a dataset already in a bucket
 
-The model is ``--model``, else models/ if the pipeline has trained one, else a 200-tree
-random forest trained here the way the pipeline's ``random_forest`` candidate is (the
-slowest candidate to score). Data and model are made in child processes, so the client's
+The model is ``--model``, else models/ if the pipeline has trained one, else one trained here
+the way the pipeline's candidate ``--candidate`` is: a 200-tree random forest (the default,
+and the slowest candidate to score) or a logistic regression. ``--input`` scores an existing
+dataset instead (a lake dataset or Parquet files, local or ``s3://`` with ``--endpoint-url``;
+credentials from the environment), written to ``--output`` (default: beside it in the same
+bucket, or a temporary directory) and removed afterwards. Data and model are made in child processes, so the client's
 peak memory is the scoring job's. A tiny job warms the workers up first (imports, the
 first scorer), so the rate is the steady one; the job's time includes loading the model,
 planning, scoring, writing and the commit.
@@ -40,6 +45,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import dask.utils
 import psutil
 
 from ccfraud import artifacts, batch, compute, lake, modeling, schema, synthetic
@@ -50,25 +56,27 @@ REAL_FRAUDS = synthetic.DEFAULT_FRAUDS
 MiB = 2**20
 
 
-def _train_forest(out_dir: str) -> str:
-    """The pipeline's random_forest candidate (undersampled 1:10, 200 trees) on one real-sized synthetic file."""
+def _train(out_dir: str, candidate: str = "random_forest") -> str:
+    """The pipeline's candidate on one real-sized synthetic file: a forest (undersampled 1:10, 200 trees) or logreg."""
     data = synthetic.generate(rows=REAL_ROWS, frauds=REAL_FRAUDS, seed=0)
-    model = modeling.make_pipeline("random_forest", "undersample", sampling_ratio=0.1, n_estimators=200)
+    if candidate == "random_forest":
+        model = modeling.make_pipeline("random_forest", "undersample", sampling_ratio=0.1, n_estimators=200)
+    else:
+        model = modeling.make_pipeline("logreg", "class_weight", C=1.0)
     model.fit(data[schema.FEATURES], data[schema.TARGET])
     artifacts.save_model(model, Path(out_dir), threshold=0.5)
     return out_dir
 
 
-def choose_model(model_dir: Path | None, scratch: Path) -> Path:
-    """``model_dir`` if given, else models/ if the pipeline trained one, else a forest trained in a child process."""
+def choose_model(model_dir: Path | None, scratch: Path, candidate: str = "random_forest") -> Path:
+    """``model_dir`` if given, else models/ if the pipeline trained one, else ``candidate`` trained in a child."""
     if model_dir is not None:
         return model_dir
     if (ROOT / "models" / artifacts.METADATA_FILE).exists():
         return ROOT / "models"
-    print("[bench] models/ has no model: training a 200-tree random forest (the pipeline's candidate)",
-          file=sys.stderr, flush=True)
+    print(f"[bench] models/ has no model: training the pipeline's {candidate} candidate", file=sys.stderr, flush=True)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return Path(pool.submit(_train_forest, str(scratch / "model")).result())
+        return Path(pool.submit(_train, str(scratch / "model"), candidate).result())
 
 
 def _write_partition(spec: synthetic.Spec, index: int, directory: str) -> int:
@@ -174,7 +182,12 @@ def run(client: Any, model_dir: Path, source: str, target: str, *, endpoint_url:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10 * REAL_ROWS, help="rows to score (default: 10x the real file)")
-    parser.add_argument("--model", type=Path, default=None, help="model directory (default: models/, else a forest)")
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: models/, else trained)")
+    parser.add_argument("--candidate", choices=("random_forest", "logreg"), default="random_forest",
+                        help="what to train when there is no model (default: random_forest)")
+    parser.add_argument("--input", help="score this dataset (local or s3://) instead of generating one")
+    parser.add_argument("--output", help="where the scores go with --input (removed afterwards)")
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint for --input/--output (else AWS_ENDPOINT_URL)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="2GB", help="per worker (default: 2GB)")
     parser.add_argument("--s3", action="store_true", help="read and write on a local SeaweedFS S3 server")
@@ -187,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="ccfraud-batch-bench-"))
     server = None
     try:
-        model_dir = choose_model(args.model, scratch)
+        model_dir = choose_model(args.model, scratch, args.candidate)
         data_dir = args.data_dir or scratch / "input"
         marker = data_dir / "_rows"
-        if not (marker.exists() and marker.read_text() == str(args.rows)):
+        if args.input is None and not (marker.exists() and marker.read_text() == str(args.rows)):
             shutil.rmtree(data_dir, ignore_errors=True)
             started = time.perf_counter()
             generate_data(args.rows, data_dir)
@@ -199,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         warm_dir = scratch / "warm-up"
         generate_data(1000, warm_dir, processes=1)
         source, target, warm_up, endpoint = str(data_dir), str(scratch / "scores"), str(warm_dir), None
-        if args.s3:
+        if args.input:
+            endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+            source = args.input
+            default = f"{args.input.rstrip('/')}-scores-{os.getpid()}" if lake.is_remote(args.input) else target
+            target = args.output or default
+        elif args.s3:
             from ccfraud import s3, s3_server
 
             server = s3_server.start_server(scratch / "s3")
@@ -217,7 +235,17 @@ def main(argv: list[str] | None = None) -> int:
             cluster_seconds = time.perf_counter() - started
             figures = run(client, model_dir, source, target, endpoint_url=endpoint,
                           sample_seconds=args.sample_seconds, warm_up=warm_up)
-        lake.verify(target, lake.storage_options(target, endpoint))
+        options = lake.storage_options(target, endpoint)
+        lake.verify(target, options)
+        if args.input and lake.is_remote(target):
+            import fsspec.core
+
+            fs, root = fsspec.core.url_to_fs(target, **options)
+            fs.rm(root, recursive=True)
+        memory_limit = dask.utils.parse_bytes(args.memory_limit)
+        figures["workers_over_limit"] = sorted(
+            address for address, memory in figures["workers"].items()
+            if max(memory["sampled_peak_mib"], memory["high_water_mib"] or 0) * MiB > memory_limit)
         figures.update({"storage": "s3 (local SeaweedFS)" if args.s3 else "local disk", "model": str(model_dir),
                         "memory_limit": args.memory_limit, "n_workers": args.workers,
                         "cluster_start_seconds": round(cluster_seconds, 1), "cpus": os.cpu_count(),
@@ -238,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{memory['high_water_mib']} MiB high-water")
     print(f"  client (and scheduler): peak RSS {figures['client']['sampled_peak_mib']} MiB sampled, "
           f"{figures['client']['high_water_mib']} MiB high-water")
+    print(f"  workers over their {args.memory_limit} limit: {len(figures['workers_over_limit'])}")
     print(f"  workers restarted: {figures['workers_restarted']}; load average before/after: "
           f"{figures['load_average_before']} / {figures['load_average_after']} on {figures['cpus']} CPUs")
     if args.json:
