@@ -41,18 +41,3 @@ def test_exactly_one_parameters_cell_without_secrets(path):
     assert len(tagged) == 1, f"{path.name}: expected one cell tagged 'parameters', found {len(tagged)}"
     source = tagged[0].source.lower()
     assert not any(name in source for name in SECRET_NAMES), f"{path.name}: a secret-looking parameter"
-
-
-@pytest.mark.parametrize("path", STAGE_NOTEBOOKS, ids=lambda p: p.name)
-def test_stage_parameters_are_notebook_parameters(path):
-    """Every key params.yaml passes to a stage (and every -p in dvc.yaml) is declared in its notebook."""
-    stage = path.stem.split("_", 1)[1]
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())[stage]
-    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["cmd"]
-    passed = {k for k in params if k != "show_code"} | {
-        word.split("=", 1)[0] for word in cmd.split() if "=" in word
-    }
-    notebook = nbformat.read(path, as_version=4)
-    source = next(c.source for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    declared = {line.split("=", 1)[0].strip() for line in source.splitlines() if "=" in line and line[0].isalpha()}
-    assert passed <= declared, f"{path.name}: parameters {sorted(passed - declared)} are not declared"
