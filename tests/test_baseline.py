@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ccfraud import baseline, preprocess, schema, synthetic
+from ccfraud import baseline, eda, preprocess, schema, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_outlier_removal_only_drops_frauds_outside_the_fences(train):
     assert int((cleaned[schema.TARGET] == 0).sum()) == int((balanced[schema.TARGET] == 0).sum())
     assert len(cleaned) < len(balanced)
     frauds = balanced[balanced[schema.TARGET] == 1]
-    for feature in baseline.OUTLIER_FEATURES:
+    for feature in eda.OUTLIER_FEATURES:
         q1, q3 = frauds[feature].quantile([0.25, 0.75])
         kept = cleaned.loc[cleaned[schema.TARGET] == 1, feature]
         assert kept.min() >= q1 - 1.5 * (q3 - q1) - 1e-9

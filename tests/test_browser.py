@@ -33,7 +33,8 @@ EXPECTED = {
     "01_download": (1, ["Download", "What was downloaded", "Class balance"]),
     "02_eda_preprocess": (5, ["Exploratory analysis", "Class distribution", "Correlations", "Outliers",
                               "2-D projections", "Preprocessing"]),
-    "03_train": (3, ["Train", "Candidate search", "Threshold", "Test split", "seed project"]),
+    "03_train": (1, ["Train", "Candidate search", "Threshold", "Final model"]),
+    "04_evaluate": (2, ["Evaluate", "Test split", "yardstick", "seed project"]),
 }
 #: A longer table is a DataFrame dumped whole by mistake, not something a reviewer reads.
 MAX_TABLE_ROWS = 50

@@ -85,3 +85,19 @@ def test_pr_curve_keeps_the_best_precision_of_each_recall_level():
     pr = evaluation.curves(y, p, n_bins=2)["pr_curve"]
     assert pr["recall"].tolist() == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
     assert pr["precision"].tolist() == pytest.approx([0.75, 1.0, 1.0, 1.0])
+
+
+def test_a_bootstrap_resample_scores_as_average_precision_score_does():
+    """The weighted-count AUPRC of a resample equals sklearn's on the resampled rows, ties included."""
+    rng = np.random.default_rng(0)
+    y = (rng.random(3000) < 0.02).astype(int)
+    p = np.clip(rng.random(3000) * 0.4 + y * rng.random(3000) * 0.6, 0, 1).round(2)  # many ties
+    order = np.argsort(-p, kind="stable")
+    last_of_tie = np.r_[np.flatnonzero(p[order][1:] != p[order][:-1]), len(p) - 1]
+    for _ in range(10):
+        rows = rng.integers(0, len(y), len(y))
+        counts = np.bincount(rows, minlength=len(y))[order]
+        assert evaluation._weighted_average_precision(y[order], counts, last_of_tie) == pytest.approx(
+            average_precision_score(y[rows], p[rows]), abs=1e-12)
+    low, high = evaluation.bootstrap_intervals(y, p, 0.5, n=50)["auprc"]
+    assert low <= average_precision_score(y, p) <= high

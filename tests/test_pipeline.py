@@ -11,7 +11,8 @@ from conftest import run, set_params
 
 pytestmark = pytest.mark.slow
 
-REPORTS = ("01_download.html", "02_eda_preprocess.html", "03_train.html")
+REPORTS = ("01_download.html", "02_eda_preprocess.html", "03_train.html", "04_evaluate.html")
+STAGES = ("download", "eda_preprocess", "train", "evaluate")
 
 
 def copy_repo(repo: Path, dest: Path) -> Path:
@@ -21,7 +22,7 @@ def copy_repo(repo: Path, dest: Path) -> Path:
 
 
 def ran_stages(output: str) -> set[str]:
-    return {name for name in ("download", "eda_preprocess", "train") if f"Running stage '{name}'" in output}
+    return {name for name in STAGES if f"Running stage '{name}'" in output}
 
 
 def test_every_stage_leaves_its_report_and_outputs(pipeline_run):
@@ -32,7 +33,7 @@ def test_every_stage_leaves_its_report_and_outputs(pipeline_run):
     for path in ("data/raw/creditcard/_manifest.json", "data/processed/train/_manifest.json",
                  "data/processed/test/_manifest.json",
                  "models/model.skops", "models/model.json", "reports/plots/pr_curve.csv",
-                 "reports/plots/confusion.csv"):
+                 "reports/plots/confusion.csv", "reports/plots/threshold.csv", "reports/metrics.json"):
         assert (pipeline_run / path).stat().st_size > 0, path
 
 
@@ -81,6 +82,9 @@ def test_metrics_have_the_expected_keys_and_sane_values(pipeline_run):
     seed = metrics["seed_baseline"]
     assert test["auprc"] > seed["auprc"]
     assert not any("accuracy" in key for key in seed)
+    reference = metrics["reference_untuned_hgb"]
+    assert reference["auprc_margin"] == pytest.approx(test["auprc"] - reference["auprc"], abs=2e-6)
+    assert "hist_gb_untuned" in metrics["candidates"]  # the yardstick took part in the search
     model = json.loads((pipeline_run / "models" / "model.json").read_text())
     assert model["threshold"] == pytest.approx(metrics["threshold"], abs=1e-6)
     assert model["model_version"] == metrics["model_version"]
@@ -93,12 +97,12 @@ def test_second_repro_runs_nothing(pipeline_run):
     assert "up to date" in status.stdout
 
 
-def test_changing_a_train_parameter_reruns_only_train_and_the_rest_is_reproduced(pipeline_run, tmp_path):
-    """Only train reruns; with the same data and seed it retrains the same model to the same metrics."""
+def test_changing_an_evaluation_parameter_reruns_only_evaluate(pipeline_run, tmp_path):
+    """Only evaluate reruns; the model is untouched and the metrics are reproduced but for the knob."""
     repo = copy_repo(pipeline_run, tmp_path / "repo")
-    set_params(repo, {"train": {"top_k": 50}})
+    set_params(repo, {"evaluate": {"top_k": 50}})
     result = run(["dvc", "repro"], repo)
-    assert ran_stages(result.stdout + result.stderr) == {"train"}
+    assert ran_stages(result.stdout + result.stderr) == {"evaluate"}
     before = json.loads((pipeline_run / "reports" / "metrics.json").read_text())
     after = json.loads((repo / "reports" / "metrics.json").read_text())
     assert "precision_at_50" in after["test"] and "precision_at_100" not in after["test"]
@@ -117,7 +121,9 @@ def test_a_failing_download_leaves_no_data_behind(tmp_path):
 
 
 def test_the_test_split_is_not_used_for_any_choice(pipeline_run, tmp_path):
-    """Shuffle the test labels and rerun train: the chosen model and threshold must not move."""
+    """Shuffle the test labels and rerun train and evaluate: the chosen model and threshold must not move.
+
+    (The train stage does not even list the test split among its DVC dependencies: test_dvc_graph.)"""
     from ccfraud import lake
 
     repo = copy_repo(pipeline_run, tmp_path / "repo")
@@ -127,8 +133,9 @@ def test_the_test_split_is_not_used_for_any_choice(pipeline_run, tmp_path):
     assert not shuffled["Class"].equals(test["Class"])
     # A new run's parts and a manifest replaced by rename: nothing is written through DVC's cache links.
     lake.write_frames([shuffled], test_dir)
-    run(["ccfraud", "stage", "train", "-p", "processed_dir=data/processed", "-p", "model_dir=models",
-         "-p", "reports_dir=reports"], repo)
+    for stage in ("train", "evaluate"):
+        run(["ccfraud", "stage", stage, "-p", "processed_dir=data/processed", "-p", "model_dir=models",
+             "-p", "reports_dir=reports"], repo)
     before = json.loads((pipeline_run / "reports" / "metrics.json").read_text())
     after = json.loads((repo / "reports" / "metrics.json").read_text())
     assert after["model_version"] == before["model_version"]

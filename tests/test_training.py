@@ -1,4 +1,4 @@
-"""The train stage's logic: every choice made without the test split, and what the stage writes."""
+"""The train and evaluate stages' logic: every choice made without the test split, and what each stage writes."""
 
 import json
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from ccfraud import artifacts, baseline, evaluation, modeling, preprocess, schema, synthetic, training
+from ccfraud import artifacts, assessment, evaluation, modeling, preprocess, schema, synthetic, training
 
 SETTINGS = {
     "candidates": {"logreg": {"sampler": ["class_weight", "none"]}},
@@ -58,32 +58,119 @@ def test_final_model_is_refitted_on_train_and_valid(splits, selection):
     assert 0.0 < selection.threshold < 1.0
 
 
-def test_finish_run_writes_what_it_was_given(splits, selection, tmp_path):
+def test_the_yardstick_is_a_candidate_and_never_beats_the_choice_on_validation(splits):
+    """On data where the untuned reference is the best configuration on offer (the other candidates are
+    crippled), the search still picks a model at least as good on the validation split: the reference."""
+    crippled = {**SETTINGS, "candidates": {"hist_gb": {"max_iter": [3], "learning_rate": [0.01]},
+                                           "logreg": {"sampler": ["none"], "C": [1e-4]}}}
+    selection = training.select_model(splits.train, splits.valid, **crippled)
+    by_name = {result.name: result for result in selection.results}
+    assert set(by_name) == {"hist_gb", "logreg", modeling.REFERENCE}
+    reference = by_name[modeling.REFERENCE]
+    # The reference really is scikit-learn's defaults, fitted on train and scored on the whole validation split.
+    untuned = modeling.make_pipeline("hist_gb", seed=SETTINGS["seed"]).fit(splits.train, splits.train[schema.TARGET])
+    assert reference.valid_auprc == pytest.approx(average_precision_score(
+        splits.valid[schema.TARGET], modeling.fraud_probability(untuned, splits.valid)))
+    assert selection.best.valid_auprc >= reference.valid_auprc
+    assert all(selection.best.valid_auprc >= result.valid_auprc for result in selection.results)
+    assert selection.best.name == modeling.REFERENCE
+
+
+def test_the_reference_name_is_reserved_for_the_reference():
+    assert modeling.with_reference({})[modeling.REFERENCE] == modeling.REFERENCE_SPEC
+    assert modeling.with_reference({modeling.REFERENCE: dict(modeling.REFERENCE_SPEC)}) == {
+        modeling.REFERENCE: modeling.REFERENCE_SPEC}
+    with pytest.raises(ValueError, match="reserved for the untuned reference"):
+        modeling.with_reference({modeling.REFERENCE: {"model": "hist_gb", "learning_rate": [0.05]}})
+
+
+def test_the_search_reports_configuration_fold_and_elapsed_while_it_runs(splits):
+    lines = []
+    spec = {"sampler": ["class_weight", "none"]}
+    result = modeling.search_candidate("logreg", spec, splits.train, splits.train[schema.TARGET], folds=2,
+                                       progress=lines.append, every=0.0)
+    assert result.n_configs == 2 and len(lines) == 4  # one line per fit: 2 configurations x 2 folds
+    assert all(line.startswith("  logreg: configuration ") for line in lines)
+    assert {line.split(", fold")[0] for line in lines} == {"  logreg: configuration 1 of 2",
+                                                           "  logreg: configuration 2 of 2"}
+    assert all(" of 2 (AUPRC " in line and line.endswith(" s") for line in lines)
+    assert "4 of 4 fits" in lines[-1]
+
+
+@pytest.fixture(scope="module")
+def saved(splits, selection, tmp_path_factory):
+    """The train stage's outputs for the module's selection (processed splits on disk, model saved)."""
+    root = tmp_path_factory.mktemp("saved")
+    processed = root / "processed"
+    preprocess.write_splits(splits, processed, partition_rows=10_000)
+    preprocess.write_manifest(processed, preprocess.split_facts(splits), strategy="time")
+    params = {"seed": SETTINGS["seed"], "sample_rows": None, "refit_on": "train_valid", "review_cost": 5.0}
+    meta = training.save_model(selection, threshold_rule="max_f1", refit_on="train_valid",
+                               manifest={"split": "time"}, params=params, model_dir=root / "models",
+                               processed_dir=processed)
+    training.write_threshold_plot(root / "reports", selection)
+    return root, meta
+
+
+def test_the_train_stage_saves_the_model_and_its_choices_without_the_test_split(splits, selection, saved):
+    root, meta = saved
+    loaded = artifacts.load_model(root / "models")
+    np.testing.assert_array_equal(modeling.fraud_probability(loaded.model, splits.test),
+                                  modeling.fraud_probability(selection.model, splits.test))
+    assert meta["candidate"] == selection.best.name
+    assert meta["threshold"] == pytest.approx(selection.threshold)
+    assert set(meta["training_data_sha256"]) == {"train", "valid"}  # the test split was not even opened
+    assert list(meta["candidates"]) == [r.name for r in selection.results]
+    assert meta["metrics"]["valid"]["auprc"] == pytest.approx(selection.best.valid_auprc, abs=1e-6)
+    assert "test" not in meta["metrics"]
+    threshold = pd.read_csv(root / "reports" / training.THRESHOLD_PLOT)
+    assert list(threshold.columns) == ["threshold", "precision", "recall"]
+
+
+def test_the_evaluate_stage_writes_what_it_was_given(splits, saved):
+    root, _ = saved
+    loaded, warnings = assessment.load_model(root / "models")
+    assert all("unsigned" in warning or "signed" in warning for warning in warnings)
     y = splits.test[schema.TARGET]
-    scores = modeling.fraud_probability(selection.model, splits.test)
-    metrics_test = evaluation.evaluate(y, scores, selection.threshold, amount=splits.test[schema.AMOUNT], bootstrap=20)
-    seed_model = baseline.fit_seed_baseline(splits.train)
-    metrics_seed = evaluation.evaluate(y, modeling.fraud_probability(seed_model.model, splits.test), 0.5,
+    scores = modeling.fraud_probability(loaded.model, splits.test)
+    metrics_test = evaluation.evaluate(y, scores, loaded.threshold, amount=splits.test[schema.AMOUNT], bootstrap=20)
+    comparison = assessment.fit_comparison(splits.train, splits.valid, loaded)
+    metrics_seed = evaluation.evaluate(y, modeling.fraud_probability(comparison.seed_method.model, splits.test), 0.5,
                                        bootstrap=0)
     metrics_reference = {**metrics_test, "auprc": 0.123, "roc_auc": 0.456}
-    meta = training.finish_run(
-        selection, threshold_rule="max_f1", refit_on="train_valid", metrics_test=metrics_test,
-        metrics_seed=metrics_seed, metrics_reference=metrics_reference, test_curves=evaluation.curves(y, scores),
-        test_labels=y, test_scores=scores, manifest={"split": "time"}, params={"seed": 0},
-        model_dir=tmp_path / "models", reports_dir=tmp_path,
-    )
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["model"] == selection.best.name and metrics["model_version"] == meta["model_version"]
-    assert metrics["threshold"] == pytest.approx(selection.threshold, abs=1e-6)
+    metrics = assessment.write_metrics(loaded, metrics_test=metrics_test, metrics_seed=metrics_seed,
+                                       metrics_reference=metrics_reference, reports_dir=root / "reports")
+    assessment.write_plots(root / "reports", evaluation.curves(y, scores), y, scores, loaded.threshold)
+    assert json.loads((root / "reports" / "metrics.json").read_text()) == metrics
+    assert metrics["model"] == loaded.metadata["candidate"] and metrics["model_version"] == loaded.version
+    assert metrics["threshold"] == pytest.approx(loaded.threshold, abs=1e-6)
     assert metrics["test"]["auprc"] == pytest.approx(metrics_test["auprc"], abs=1e-6)
     assert metrics["seed_baseline"]["auprc"] == pytest.approx(metrics_seed["auprc"], abs=1e-6)
-    assert metrics["reference_untuned_hgb"] == {"auprc": 0.123, "roc_auc": 0.456}
+    assert metrics["reference_untuned_hgb"] == {"auprc": 0.123, "roc_auc": 0.456,
+                                                "auprc_margin": round(metrics_test["auprc"] - 0.123, 6)}
     assert not any("accuracy" in key for key in metrics["seed_baseline"])
-    loaded = artifacts.load_model(tmp_path / "models")
-    np.testing.assert_array_equal(modeling.fraud_probability(loaded.model, splits.test), scores)
-    confusion = pd.read_csv(tmp_path / "plots" / "confusion.csv")
+    confusion = pd.read_csv(root / "reports" / "plots" / "confusion.csv")
     assert confusion["actual"].tolist() == y.tolist()
-    assert confusion["predicted"].tolist() == (scores >= selection.threshold).astype(int).tolist()
+    assert confusion["predicted"].tolist() == (scores >= loaded.threshold).astype(int).tolist()
+
+
+def test_the_yardstick_is_fitted_on_the_models_own_rows(splits, selection, saved):
+    """The evaluate stage's yardstick is the reference configuration refitted on train + valid, as the model was."""
+    root, _ = saved
+    loaded, _ = assessment.load_model(root / "models")
+    comparison = assessment.fit_comparison(splits.train, splits.valid, loaded)
+    both = pd.concat([splits.train, splits.valid], ignore_index=True)
+    expected = modeling.make_pipeline("hist_gb", seed=SETTINGS["seed"]).fit(both, both[schema.TARGET])
+    np.testing.assert_array_equal(modeling.fraud_probability(comparison.reference, splits.test),
+                                  modeling.fraud_probability(expected, splits.test))
+    assert comparison.reference_is_model == (loaded.metadata["candidate"] == modeling.REFERENCE)
+
+
+def test_the_report_says_plainly_when_the_yardstick_wins():
+    assert "still wins" in assessment.margin_summary("random_forest", 0.70, 0.72)
+    assert "-0.0200" in assessment.margin_summary("random_forest", 0.70, 0.72)
+    assert "beats the untuned yardstick" in assessment.margin_summary("random_forest", 0.75, 0.72)
+    assert "chose the untuned yardstick itself" in assessment.margin_summary(modeling.REFERENCE, 0.72, 0.72)
 
 
 def test_manifest_roundtrip_and_bad_strategy(splits, tmp_path):

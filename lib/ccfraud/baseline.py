@@ -21,15 +21,13 @@ from sklearn.pipeline import Pipeline as SkPipeline
 from ccfraud import eda, schema
 from ccfraud.preprocess import make_preprocessor
 
-OUTLIER_FEATURES = ("V14", "V12", "V10")
-
 
 def balanced_undersample(frame: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """All frauds plus as many randomly drawn legitimate rows (the seed's 50/50 subsample)."""
     return eda.balanced_subsample(frame, int((frame[schema.TARGET] == 1).sum()), seed)
 
 
-def remove_fraud_outliers(frame: pd.DataFrame, features=OUTLIER_FEATURES, k: float = 1.5) -> pd.DataFrame:
+def remove_fraud_outliers(frame: pd.DataFrame, features=eda.OUTLIER_FEATURES, k: float = 1.5) -> pd.DataFrame:
     """Drop fraud rows outside [Q1 - k*IQR, Q3 + k*IQR] of each feature, as the seed did."""
     keep = np.ones(len(frame), dtype=bool)
     is_fraud = (frame[schema.TARGET] == 1).to_numpy()

@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     stage = commands.add_parser("stage", help="run one pipeline stage notebook and render its HTML report")
-    stage.add_argument("name", help="stage name, e.g. download, eda_preprocess, train")
+    stage.add_argument("name", help="stage name: download, eda_preprocess, train or evaluate "
+                       "(runs notebooks/NN_<name>.ipynb)")
     stage.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     stage.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                        help="extra notebook parameter, e.g. the stage's input/output paths (repeatable)")

@@ -31,6 +31,12 @@ def _as_arrays(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+def auprc(y_true, scores) -> float:
+    """Average precision: the area under the precision-recall curve, the primary metric."""
+    y, p = _as_arrays(y_true, scores)
+    return float(average_precision_score(y, p))
+
+
 def at_threshold(y_true, scores, threshold: float, amount=None, review_cost: float = 0.0) -> dict:
     """Confusion counts, precision/recall/F1 and the fraud-ops money view at one threshold.
 
@@ -159,6 +165,20 @@ def thin_curve(frame: pd.DataFrame, max_points: int = 500) -> pd.DataFrame:
     return frame.iloc[index].reset_index(drop=True)
 
 
+def _weighted_average_precision(y_sorted: np.ndarray, weights: np.ndarray, last_of_tie: np.ndarray) -> float:
+    """Average precision of rows sorted by descending score, each counted ``weights`` times.
+
+    ``last_of_tie``: the position of the last row of each run of equal scores (one threshold each),
+    as :func:`sklearn.metrics.average_precision_score` cuts them; zero-weight rows add no step.
+    """
+    tps = np.cumsum(weights * y_sorted)[last_of_tie]
+    fps = np.cumsum(weights * (1 - y_sorted))[last_of_tie]
+    flagged = tps + fps
+    precision = np.divide(tps, flagged, out=np.ones_like(tps, dtype=float), where=flagged > 0)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
 def bootstrap_intervals(
     y_true, scores, threshold: float, *, n: int = 200, seed: int = 0, level: float = 0.95
 ) -> dict[str, list[float]]:
@@ -166,17 +186,24 @@ def bootstrap_intervals(
 
     With a few hundred frauds in a test split these intervals are wide; reporting
     them keeps a 0.02 difference between two models from being read as progress.
+    A resample is a count per row (how often it was drawn) over rows sorted once, so each
+    resample's AUPRC is two cumulative sums instead of a sort: 200 resamples of 56,961 rows took
+    11.8 s with ``average_precision_score`` per resample and take 0.9 s (the shared 2-core machine
+    at load 13), with the same values to 1e-12 (the same resamples and ties).
     """
     y, p = _as_arrays(y_true, scores)
     rng = np.random.default_rng(seed)
+    order = np.argsort(-p, kind="stable")
+    y_sorted, above = y[order], p[order] >= threshold
+    last_of_tie = np.r_[np.flatnonzero(p[order][1:] != p[order][:-1]), len(p) - 1]
     aps, recalls = [], []
     for _ in range(int(n)):
-        idx = rng.integers(0, len(y), len(y))
-        yb, pb = y[idx], p[idx]
-        if yb.sum() == 0 or yb.sum() == len(yb):
+        counts = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y))[order]
+        frauds = int((counts * y_sorted).sum())
+        if frauds == 0 or frauds == len(y):
             continue
-        aps.append(average_precision_score(yb, pb))
-        recalls.append(float((pb[yb == 1] >= threshold).mean()))
+        aps.append(_weighted_average_precision(y_sorted, counts, last_of_tie))
+        recalls.append(float((counts * y_sorted * above).sum() / frauds))
     if not aps:
         raise ValueError("bootstrap: no resample contained both classes")
     alpha = (1 - level) / 2
@@ -200,7 +227,7 @@ def evaluate(
     """The full metrics dict of one model on one untouched split (AUPRC first)."""
     y, p = _as_arrays(y_true, scores)
     metrics = {
-        "auprc": float(average_precision_score(y, p)),
+        "auprc": auprc(y, p),
         "roc_auc": float(roc_auc_score(y, p)),
         "brier": float(brier_score_loss(y, p)),
         f"precision_at_{int(top_k)}": precision_at_k(y, p, top_k),

@@ -320,21 +320,25 @@ def _split_location(in_dir: Path, name: str) -> str:
     return str(path)
 
 
-def read_splits(in_dir: Path) -> Splits:
-    """Read the splits written by :func:`write_splits` into memory, checking the schema of each."""
-    parts = []
-    for name in SPLIT_NAMES:
+def read_splits(in_dir: Path, names: tuple[str, ...] = SPLIT_NAMES) -> Splits:
+    """Read the splits written by :func:`write_splits` into memory, checking the schema of each.
+
+    Only the splits in ``names`` are read (the others are None): the train stage never opens the test split.
+    """
+    parts = {}
+    for name in names:
         location = _split_location(in_dir, name)
-        parts.append(schema.validate_dataset(lake.read_pandas(location), where=location))
-    return Splits(*parts)
+        parts[name] = schema.validate_dataset(lake.read_pandas(location), where=location)
+    return Splits(*(parts.get(name) for name in SPLIT_NAMES))
 
 
-def open_splits(in_dir: Path) -> Splits:
-    """The splits written by :func:`write_splits` as dask frames: exactly the parts their manifests list."""
-    return Splits(*(lake.read_dask(_split_location(in_dir, name)) for name in SPLIT_NAMES))
+def open_splits(in_dir: Path, names: tuple[str, ...] = SPLIT_NAMES) -> Splits:
+    """The splits in ``names`` as dask frames (the others None): exactly the parts their manifests list."""
+    return Splits(*(lake.read_dask(_split_location(in_dir, name)) if name in names else None
+                    for name in SPLIT_NAMES))
 
 
-def split_digests(in_dir: Path) -> dict[str, str]:
+def split_digests(in_dir: Path, names: tuple[str, ...] = SPLIT_NAMES) -> dict[str, str]:
     """A SHA-256 of each split's content (its parts' checksums, in order): the model records what it learnt from.
 
     It does not depend on run ids or commit times, so the same data gives the same digest.
@@ -342,7 +346,7 @@ def split_digests(in_dir: Path) -> dict[str, str]:
     import hashlib
 
     digests = {}
-    for name in SPLIT_NAMES:
+    for name in names:
         manifest = lake.read_manifest(_split_location(in_dir, name))
         digests[name] = hashlib.sha256("".join(part["sha256"] for part in manifest["parts"]).encode()).hexdigest()
     return digests

@@ -1,20 +1,20 @@
 """The train stage's edges: where its inputs come from and what it writes.
 
-The notebook calls these so that it only orchestrates and explains; the file
-layout (metrics.json, plots/*.csv, the model directory) is decided here once.
+The notebook calls these so that it only orchestrates and explains; the model directory's
+layout is decided here once. The train stage reads the train and validation splits only:
+the test split is the evaluate stage's (:mod:`ccfraud.assessment`), so no choice made here
+can depend on it, and DVC's graph shows it.
 
 With the ``dask`` engine the splits stay on the cluster: the model learns from a sample
 (every fraud, a recorded fraction of the legitimate rows) drawn there, its probabilities
-are corrected for that fraction, and the threshold and the metrics come from the **full**
-validation and test splits, scored partition by partition on the workers. Only the
-(label, score, amount) of each row comes back, which is what curves and metrics need.
-With the pandas engine (and a split smaller than ``sample_rows``) the sample is the whole
-split and everything is as it always was.
+are corrected for that fraction, and the threshold comes from the **full** validation
+split, scored partition by partition on the workers. Only the (label, score, amount) of
+each row comes back, which is what curves and the threshold need. With the pandas engine
+(and a split smaller than ``sample_rows``) the sample is the whole split.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,10 +25,12 @@ import numpy as np
 import pandas as pd
 
 from ccfraud import artifacts, atomicio, evaluation, modeling, preprocess, progress, schema, summaries
-from ccfraud.modeling import SearchResult, candidates_table
+from ccfraud.modeling import SearchResult
 
-PLOTS_DIR = "plots"
-METRICS_FILE = "metrics.json"
+#: The splits the train stage reads; the test split is the evaluate stage's alone.
+TRAIN_SPLITS = ("train", "valid")
+#: The validation split's precision and recall against the threshold: the plot of the choice made here.
+THRESHOLD_PLOT = Path("plots") / "threshold.csv"
 
 
 def demo_splits(seed: int = 0) -> tuple[preprocess.Splits, dict]:
@@ -50,14 +52,16 @@ def write_demo_processed(out_dir: Path | None = None, seed: int = 0, partition_r
     return out_dir
 
 
-def load_processed(processed_dir: Path, engine: str = "pandas") -> tuple[preprocess.Splits, dict]:
-    """The eda_preprocess stage's splits (in memory, or dask frames for ``dask``) and its manifest."""
+def load_processed(processed_dir: Path, engine: str = "pandas",
+                   names: tuple[str, ...] = preprocess.SPLIT_NAMES) -> tuple[preprocess.Splits, dict]:
+    """The eda_preprocess stage's splits in ``names`` (in memory, or dask frames for ``dask``; others None)
+    and its manifest."""
     from ccfraud import compute
 
     manifest = preprocess.read_manifest(Path(processed_dir))
     if compute.check_engine(engine) == "dask":
-        return preprocess.open_splits(Path(processed_dir)), manifest
-    return preprocess.read_splits(Path(processed_dir)), manifest
+        return preprocess.open_splits(Path(processed_dir), names), manifest
+    return preprocess.read_splits(Path(processed_dir), names), manifest
 
 
 REFIT_CHOICES = ("train", "train_valid")
@@ -128,6 +132,18 @@ def score(model: Any, frame: Any, label: str = "scoring") -> pd.DataFrame:
     return pd.concat(progress.compute(parts, f"{label} ({len(parts)} partitions)"), ignore_index=True)
 
 
+def model_rows(train: Any, valid: Any, *, refit_on: str, sample_rows: int | None,
+               seed: int) -> tuple[TrainingSample, TrainingSample]:
+    """The rows the search learns from (drawn from train) and the rows the final model learns from.
+
+    One rule for both stages: the evaluate stage fits its comparison models (the seed recipe, the
+    untuned yardstick) on exactly these rows, from the parameters ``model.json`` records.
+    """
+    fit = draw_training_sample(train, sample_rows, seed)
+    refit = draw_training_sample(refit_rows(train, valid, refit_on), sample_rows, seed)
+    return fit, refit
+
+
 @dataclass
 class Selection:
     """Every choice the train stage makes, and the model it leads to."""
@@ -136,6 +152,7 @@ class Selection:
     threshold: float
     valid_scores: np.ndarray
     valid_curves: dict[str, pd.DataFrame]
+    valid_metrics: dict[str, Any]
     model: Any
     refit_rows: int
     refit_frauds: int
@@ -169,101 +186,72 @@ def select_model(
     n_jobs: int = -1,
     say: Callable[[str], None] | None = None,
 ) -> Selection:
-    """Search (CV on train), pick the threshold (valid), refit: the test split is not even an argument.
+    """Search (CV on train), choose the candidate and the threshold (valid), refit: the test split is not an argument.
 
     Taking only train and valid is the guarantee that no choice can look at the test split.
+    Each candidate's configuration is chosen by cross-validated AUPRC on train; the
+    candidates then compete on the whole validation split, the untuned reference
+    (:data:`modeling.REFERENCE`) always among them, so the chosen model is never worse
+    than the yardstick on the split the choice is made on. Ties keep the better CV AUPRC.
     ``train`` and ``valid`` are pandas frames or dask frames: the search and the refit use
-    a sample of at most about ``sample_rows`` rows (every fraud), the threshold the whole
-    validation split. ``say`` receives progress lines.
+    a sample of at most about ``sample_rows`` rows (every fraud), the choice and the
+    threshold the whole validation split. ``say`` receives progress lines.
     """
-    fit = draw_training_sample(train, sample_rows, seed)
-    results = modeling.search_all(candidates, fit.frame, fit.frame[schema.TARGET], split_strategy=split_strategy,
-                                  folds=cv_folds, seed=seed, n_jobs=n_jobs, legit_fraction=fit.legit_fraction,
-                                  progress=say)
-    valid_scored = score(results[0].best_estimator, valid, "scoring the validation split")
-    valid_scores = valid_scored[modeling.SCORE].to_numpy()
+    fit, refit = model_rows(train, valid, refit_on=refit_on, sample_rows=sample_rows, seed=seed)
+    results = modeling.search_all(modeling.with_reference(candidates), fit.frame, fit.frame[schema.TARGET],
+                                  split_strategy=split_strategy, folds=cv_folds, seed=seed, n_jobs=n_jobs,
+                                  legit_fraction=fit.legit_fraction, progress=say)
+    scored = {}
+    for result in results:
+        scored[result.name] = score(result.best_estimator, valid, f"scoring {result.name} on the validation split")
+        result.valid_auprc = evaluation.auprc(scored[result.name][schema.TARGET], scored[result.name][modeling.SCORE])
+    results = sorted(results, key=lambda r: r.valid_auprc, reverse=True)  # stable: CV order on ties
+    valid_scored = scored[results[0].name]
+    valid_labels, valid_scores = valid_scored[schema.TARGET], valid_scored[modeling.SCORE].to_numpy()
     threshold = evaluation.choose_threshold(
-        valid_scored[schema.TARGET], valid_scores, threshold_rule, target_precision=target_precision,
+        valid_labels, valid_scores, threshold_rule, target_precision=target_precision,
         target_recall=target_recall, amount=valid_scored[schema.AMOUNT], review_cost=review_cost,
     )
-    refit = draw_training_sample(refit_rows(train, valid, refit_on), sample_rows, seed)
+    valid_metrics = evaluation.evaluate(valid_labels, valid_scores, threshold, amount=valid_scored[schema.AMOUNT],
+                                        review_cost=review_cost, bootstrap=0)
+    if say:
+        say(f"chosen on the validation split: {results[0].name} (AUPRC {results[0].valid_auprc:.4f}); "
+            f"refitting on {len(refit.frame):,} rows")
     model = modeling.refit(results[0].best_estimator, refit.frame, legit_fraction=refit.legit_fraction)
-    return Selection(results, threshold, valid_scores, evaluation.curves(valid_scored[schema.TARGET], valid_scores),
-                     model, len(refit.frame), int(refit.frame[schema.TARGET].sum()), fit, refit)
+    return Selection(results, threshold, valid_scores, evaluation.curves(valid_labels, valid_scores),
+                     valid_metrics, model, len(refit.frame), int(refit.frame[schema.TARGET].sum()), fit, refit)
 
 
 def _round(values: dict[str, Any], digits: int = 6) -> dict[str, Any]:
     return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in values.items()}
 
 
-def write_plots(reports_dir: Path, test_curves: dict[str, pd.DataFrame], valid_curves: dict[str, pd.DataFrame],
-                test_labels, test_scores, threshold: float) -> dict[str, Path]:
-    """Write the DVC plot files declared in dvc.yaml (small CSVs, one per plot)."""
-    plots = Path(reports_dir) / PLOTS_DIR
-    frames = {
-        "pr_curve": evaluation.thin_curve(test_curves["pr_curve"]),
-        "roc_curve": evaluation.thin_curve(test_curves["roc_curve"]),
-        "calibration": test_curves["calibration"],
-        "threshold": evaluation.thin_curve(valid_curves["threshold"]),
-        "confusion": pd.DataFrame(
-            {"actual": np.asarray(test_labels, dtype=int),
-             "predicted": (np.asarray(test_scores) >= threshold).astype(int)}
-        ),
-    }
-    paths = {}
-    for name, frame in frames.items():
-        paths[name] = plots / f"{name}.csv"
-        atomicio.write_text(paths[name], frame.round(6).to_csv(index=False))
-    return paths
+def search_summary(selection: Selection) -> dict[str, dict[str, Any]]:
+    """Per candidate (in the order chosen): its best configuration, CV AUPRC mean and std, validation AUPRC."""
+    return {r.name: {"best_params": r.describe_params(), "cv_auprc_mean": round(r.cv_auprc_mean, 6),
+                     "cv_auprc_std": round(r.cv_auprc_std, 6), "valid_auprc": round(r.valid_auprc, 6)}
+            for r in selection.results}
 
 
-def finish_run(
+def save_model(
     selection: Selection,
     *,
     threshold_rule: str,
     refit_on: str,
-    metrics_test: dict,
-    metrics_seed: dict,
-    metrics_reference: dict,
-    test_curves: dict[str, pd.DataFrame],
-    test_labels,
-    test_scores,
     manifest: dict,
     params: dict,
     model_dir: Path,
-    reports_dir: Path,
     processed_dir: Path | None = None,
 ) -> dict:
-    """Save the model with its metadata, ``metrics.json`` and the plot files; return the metadata."""
+    """Save the model with what the evaluate stage and the API need to know about it; return the metadata.
+
+    ``params`` are the train stage's: the evaluate stage draws its comparison models' rows
+    with them (:func:`model_rows`).
+    """
     best, threshold, model = selection.best, selection.threshold, selection.model
-    table = candidates_table(selection.results)
-    metrics = {
-        "model": best.name,
-        "threshold": round(float(threshold), 6),
-        "threshold_rule": threshold_rule,
-        "refit_on": refit_on,
-        "split": manifest.get("split"),
-        "test": _round(metrics_test),
-        "cv": {"auprc_mean": round(best.cv_auprc_mean, 6), "auprc_std": round(best.cv_auprc_std, 6)},
-        # Timings stay out of metrics.json (they differ run to run); the report's table shows them.
-        "candidates": {row["candidate"]: {"cv_auprc_mean": row["cv_auprc_mean"], "cv_auprc_std": row["cv_auprc_std"]}
-                       for row in table.to_dict("records")},
-        "seed_baseline": {
-            "auprc": round(metrics_seed["auprc"], 6),
-            "roc_auc": round(metrics_seed["roc_auc"], 6),
-            "precision": round(metrics_seed["precision"], 6),
-            "recall": round(metrics_seed["recall"], 6),
-            "alerts": metrics_seed["alerts"],
-        },
-        "reference_untuned_hgb": {"auprc": round(metrics_reference["auprc"], 6),
-                                  "roc_auc": round(metrics_reference["roc_auc"], 6)},
-    }
-    samples = selection.samples()
-    if any(sample["legit_fraction"] < 1.0 for sample in samples.values()):
-        # Only when the model learnt from a sample: a run on whole splits keeps its metrics.json as it was.
-        metrics["training_sample"] = samples
-    training_data = preprocess.split_digests(Path(processed_dir)) if processed_dir is not None else {}
-    meta = artifacts.save_model(
+    valid = {key: selection.valid_metrics[key] for key in ("auprc", "roc_auc", "precision", "recall", "f1", "alerts")}
+    training_data = preprocess.split_digests(Path(processed_dir), TRAIN_SPLITS) if processed_dir is not None else {}
+    return artifacts.save_model(
         model,
         model_dir,
         threshold=float(threshold),
@@ -274,15 +262,18 @@ def finish_run(
             "refit_on": refit_on,
             "prior_correction_beta": getattr(model, "beta_", 1.0),
             "training_data_sha256": training_data,
-            "training_sample": samples,
+            "training_sample": selection.samples(),
             "split": manifest,
             "params": params,
-            "metrics": {"test": metrics["test"], "cv": metrics["cv"]},
+            "candidates": search_summary(selection),
+            "metrics": {"cv": {"auprc_mean": round(best.cv_auprc_mean, 6), "auprc_std": round(best.cv_auprc_std, 6)},
+                        "valid": _round(valid)},
         },
     )
-    metrics["model_version"] = meta["model_version"]
-    atomicio.write_text(Path(reports_dir) / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    write_plots(reports_dir, test_curves, selection.valid_curves, test_labels, test_scores, threshold)
-    return meta
 
 
+def write_threshold_plot(reports_dir: Path, selection: Selection) -> Path:
+    """The DVC plot file of the threshold choice (precision and recall vs threshold on the validation split)."""
+    path = Path(reports_dir) / THRESHOLD_PLOT
+    frame = evaluation.thin_curve(selection.valid_curves["threshold"])
+    return atomicio.write_text(path, frame.round(6).to_csv(index=False))

@@ -1,0 +1,176 @@
+"""The evaluate stage's edges: the trained model scored once on the untouched test split.
+
+The train stage leaves a model and what it knows about it (``model.json``); this stage reads
+that, the test split, and (to fit its comparison models on the very rows the model learnt
+from) the train and validation splits. It writes ``reports/metrics.json`` and the plot files
+declared in ``dvc.yaml``. The comparison rows are the seed project's recipe and the untuned
+yardstick (:data:`ccfraud.modeling.REFERENCE`), fitted with the parameters ``model.json``
+records, so changing an evaluation knob (``params.yaml → evaluate``) reruns only this stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ccfraud import artifacts, atomicio, baseline, evaluation, modeling, training
+
+PLOTS_DIR = "plots"
+METRICS_FILE = "metrics.json"
+#: The yardstick's alert threshold: untuned means untuned, its threshold included.
+REFERENCE_THRESHOLD = 0.5
+
+
+def write_demo_run(seed: int = 0) -> tuple[Path, Path]:
+    """Small synthetic splits and a model trained on them (seconds), for running the evaluate notebook alone."""
+    processed_dir = training.write_demo_processed(seed=seed)
+    splits, manifest = training.load_processed(processed_dir, names=training.TRAIN_SPLITS)
+    params = {"seed": seed, "sample_rows": None, "refit_on": "train_valid", "review_cost": 5.0}
+    selection = training.select_model(
+        splits.train, splits.valid, candidates={"logreg": {"sampler": ["class_weight"]}},
+        split_strategy=manifest["split"], cv_folds=2, seed=seed, threshold_rule="max_f1", target_precision=0.8,
+        target_recall=0.8, review_cost=params["review_cost"], refit_on=params["refit_on"], n_jobs=1,
+    )
+    model_dir = Path(tempfile.mkdtemp(prefix="ccfraud-model-"))
+    training.save_model(selection, threshold_rule="max_f1", refit_on=params["refit_on"], manifest=manifest,
+                        params=params, model_dir=model_dir, processed_dir=processed_dir)
+    return processed_dir, model_dir
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def load_model(model_dir: Path) -> tuple[artifacts.LoadedModel, list[str]]:
+    """The train stage's model, verified as the API verifies it, and the warnings loading it raised.
+
+    The warnings (e.g. an unsigned model with no signing key set) are returned for the report
+    to state in its text, instead of reaching the executed notebook as a stray log line.
+    """
+    logger = logging.getLogger(artifacts.__name__)
+    collect, propagate = _Collect(), logger.propagate
+    logger.addHandler(collect)
+    logger.propagate = False
+    try:
+        return artifacts.load_model(Path(model_dir)), collect.messages
+    finally:
+        logger.removeHandler(collect)
+        logger.propagate = propagate
+
+
+@dataclass
+class Comparison:
+    """The models the chosen one is compared with on the test split, fitted on the rows it learnt from."""
+
+    seed_method: baseline.SeedBaseline
+    reference: Any  # the untuned yardstick: a fitted PriorCorrected pipeline
+    reference_is_model: bool  # the search chose the yardstick itself: its row is the model's
+
+
+def fit_comparison(train: Any, valid: Any, loaded: artifacts.LoadedModel) -> Comparison:
+    """The seed recipe on the search's rows and the untuned yardstick on the final model's rows.
+
+    The rows are drawn as the train stage drew them, with the seed, ``sample_rows`` and
+    ``refit_on`` that ``model.json`` records (pandas or dask frames, as in training).
+    """
+    params = loaded.metadata["params"]
+    seed = int(params["seed"])
+    fit, refit = training.model_rows(train, valid, refit_on=params["refit_on"], sample_rows=params["sample_rows"],
+                                     seed=seed)
+    seed_method = baseline.fit_seed_baseline(fit.frame, seed)
+    if loaded.metadata["candidate"] == modeling.REFERENCE:
+        return Comparison(seed_method, loaded.model, True)
+    reference = modeling.refit(modeling.make_pipeline("hist_gb", "none", seed=seed), refit.frame,
+                               legit_fraction=refit.legit_fraction)
+    return Comparison(seed_method, reference, False)
+
+
+def margin_summary(model_name: str, test_auprc: float, reference_auprc: float) -> str:
+    """One plain sentence on the model against its yardstick on the test split."""
+    margin = test_auprc - reference_auprc
+    if model_name == modeling.REFERENCE:
+        return (f"The search chose the untuned yardstick itself ({modeling.REFERENCE}): test AUPRC "
+                f"{test_auprc:.4f}, no tuned candidate beat it on the validation split.")
+    if margin > 0:
+        return (f"The chosen model ({model_name}) beats the untuned yardstick on the test split by "
+                f"{margin:+.4f} AUPRC ({test_auprc:.4f} against {reference_auprc:.4f}).")
+    return (f"**The untuned yardstick still wins on the test split**: AUPRC {reference_auprc:.4f} against "
+            f"{test_auprc:.4f} for the chosen model ({model_name}), a margin of {margin:+.4f}. The choice was "
+            "made on the validation split, where the chosen model was at least as good.")
+
+
+def _round(values: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in values.items()}
+
+
+def write_plots(reports_dir: Path, test_curves: dict[str, pd.DataFrame], test_labels, test_scores,
+                threshold: float) -> dict[str, Path]:
+    """Write the test split's DVC plot files declared in dvc.yaml (small CSVs, one per plot).
+
+    The validation split's threshold plot is the train stage's (:func:`ccfraud.training.write_threshold_plot`).
+    """
+    plots = Path(reports_dir) / PLOTS_DIR
+    frames = {
+        "pr_curve": evaluation.thin_curve(test_curves["pr_curve"]),
+        "roc_curve": evaluation.thin_curve(test_curves["roc_curve"]),
+        "calibration": test_curves["calibration"],
+        "confusion": pd.DataFrame(
+            {"actual": np.asarray(test_labels, dtype=int),
+             "predicted": (np.asarray(test_scores) >= threshold).astype(int)}
+        ),
+    }
+    paths = {}
+    for name, frame in frames.items():
+        paths[name] = plots / f"{name}.csv"
+        atomicio.write_text(paths[name], frame.round(6).to_csv(index=False))
+    return paths
+
+
+def write_metrics(
+    loaded: artifacts.LoadedModel,
+    *,
+    metrics_test: dict,
+    metrics_seed: dict,
+    metrics_reference: dict,
+    reports_dir: Path,
+) -> dict:
+    """``metrics.json``: the model's test metrics, its search and the comparison rows; returns what it wrote."""
+    meta = loaded.metadata
+    metrics = {
+        "model": meta["candidate"],
+        "threshold": round(float(meta["threshold"]), 6),
+        "threshold_rule": meta["threshold_rule"],
+        "refit_on": meta["refit_on"],
+        "split": (meta.get("split") or {}).get("split"),
+        "test": _round(metrics_test),
+        "cv": meta["metrics"]["cv"],
+        "valid": meta["metrics"]["valid"],
+        # Timings stay out of metrics.json (they differ run to run); the train report's table shows them.
+        "candidates": {name: {key: value for key, value in row.items() if key != "best_params"}
+                       for name, row in meta["candidates"].items()},
+        "seed_baseline": {key: (round(metrics_seed[key], 6) if isinstance(metrics_seed[key], float)
+                                else metrics_seed[key])
+                          for key in ("auprc", "roc_auc", "precision", "recall", "alerts")},
+        "reference_untuned_hgb": {"auprc": round(metrics_reference["auprc"], 6),
+                                  "roc_auc": round(metrics_reference["roc_auc"], 6),
+                                  "auprc_margin": round(metrics_test["auprc"] - metrics_reference["auprc"], 6)},
+    }
+    samples = meta.get("training_sample") or {}
+    if any(sample["legit_fraction"] < 1.0 for sample in samples.values()):
+        # Only when the model learnt from a sample: a run on whole splits keeps its metrics.json as it was.
+        metrics["training_sample"] = samples
+    metrics["model_version"] = meta["model_version"]
+    atomicio.write_text(Path(reports_dir) / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    return metrics
