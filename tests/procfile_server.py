@@ -46,6 +46,17 @@ def listening(log_path: Path) -> tuple[int, int] | None:
     return (int(found[1]), int(found[2])) if found else None
 
 
+#: The Procfile's default number of workers (``WEB_CONCURRENCY`` unset).
+WORKERS = 2
+
+
+def workers_ready(log_path: Path) -> int:
+    """How many workers have said they are ready (``gunicorn_conf.post_worker_init``), replacements included."""
+    from ccfraud.serving.gunicorn_conf import WORKER_READY
+
+    return log_path.read_text(errors="replace").count(WORKER_READY)
+
+
 def get(port: int, path: str, body: bytes | None = None, content_type: str = "application/json",
         timeout: float = 10.0) -> tuple[int, Any]:
     """GET ``path`` on the local server, or POST ``body`` to it: (status, the decoded JSON answer)."""
@@ -82,7 +93,9 @@ def procfile_server(model_location: Path, tmp_path: Path,
         while True:
             if process.poll() is not None:
                 pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            if (address := listening(log_path)) is not None:
+            # Every worker ready (a SIGTERM before that is lost, and stopping waits the whole graceful timeout),
+            # and one of them answering.
+            if (address := listening(log_path)) is not None and workers_ready(log_path) >= WORKERS:
                 port = address[0]
                 try:
                     get(port, "/health")

@@ -30,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import pandas as pd
 import pytest
-from procfile_server import LOOPBACK, get, listening, procfile_server, web_command
+from procfile_server import LOOPBACK, get, listening, procfile_server, web_command, workers_ready
 
 from ccfraud import artifacts, modeling, schema, synthetic
 from ccfraud.serving import config as serving_config
@@ -311,6 +311,8 @@ def test_master_replaces_a_killed_worker_and_the_server_stays_ready_and_counts_e
         assert replacements, f"no new worker within {REPLACE_TIMEOUT:.0f} s:\n{log_path.read_text()[-3000:]}"
         assert worker_pids(master) == workers - {victim} | replacements
         assert set(statuses) == {200}, statuses
+        # Stopped before it is ready, the replacement would lose the SIGTERM (procfile_server.workers_ready).
+        wait_until(lambda: workers_ready(log_path) >= 3, "the replacement ready")
 
         wait_until(lambda: not (metrics_dir / f"gauge_livemax_{victim}.db").exists(), "child_exit dropping its gauge")
         after = scraped(port)

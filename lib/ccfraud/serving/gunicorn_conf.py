@@ -111,3 +111,18 @@ def on_exit(server: Arbiter) -> None:
     if _created_metrics_dir is not None:
         shutil.rmtree(_created_metrics_dir, ignore_errors=True)
         _created_metrics_dir = None
+
+
+#: What each worker logs once it can serve and be stopped (tests wait for it before stopping the server).
+WORKER_READY = "ready: app loaded, signal handlers installed"
+
+
+def post_worker_init(worker: Worker) -> None:
+    """In each worker, once its signal handlers are installed and its app loaded: say so.
+
+    Until then a SIGTERM reaches the handlers the worker inherited from the master and is
+    lost, and the master waits its whole ``--graceful-timeout`` (10 s) before killing the
+    worker: a test that stops the server just after it answered its first request waits
+    for this line from every worker first.
+    """
+    worker.log.info("worker %d %s", worker.pid, WORKER_READY)
