@@ -1,4 +1,8 @@
-"""The Flask app factory: load the model once, then serve health, readiness, metadata and predictions.
+"""The Flask app factory: load the model once, then serve health, readiness, metadata, predictions and metrics.
+
+Predictions carry reason codes when asked (``?explain=true`` or ``"explain": true``:
+:mod:`ccfraud.explain`, built with the model); every answered request is counted for
+``GET /metrics`` (:mod:`ccfraud.serving.metrics`).
 
 The model is loaded when the app is created (under gunicorn ``--preload``: once, in
 the master, before the workers fork), never per request. A model that cannot be
