@@ -77,12 +77,22 @@ def closure(start: set[str]) -> set[Path]:
 
 
 def stage_command_modules() -> set[str]:
-    """What the stage command imports: ``cli``'s module-level imports and those inside its stage function."""
+    """What the stage command imports: ``cli``'s module-level imports, and those inside its stage function
+    and the functions of ``cli`` it calls, transitively."""
     module, function = STAGE_COMMAND
     tree = parse_file(module_path(module))
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     top_level = ast.Module(body=[n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)], type_ignores=[])
-    body = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
-    return {module} | imported_modules(top_level) | imported_modules(body)
+    found, todo, seen = {module} | imported_modules(top_level), [function], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        found |= imported_modules(functions[name])
+        todo += [call.func.id for call in ast.walk(functions[name])
+                 if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in functions]
+    return found
 
 
 def notebook_modules(notebook: Path) -> set[str]:

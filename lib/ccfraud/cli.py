@@ -48,12 +48,20 @@ def stage_parameters(stage: str, params_file: Path = Path("params.yaml"),
     return params, show_code
 
 
-def _cmd_stage(args: argparse.Namespace) -> int:
-    from ccfraud.reporting import run_stage_notebook
+def _shown(params: dict) -> dict:
+    """Parameters fit for the log: URIs without credentials (:func:`ccfraud.sources.redact`)."""
+    if not any(isinstance(value, str) and "://" in value for value in params.values()):
+        return params  # redact changes only URIs: spare the stage process importing sources (pandas, boto3)
     from ccfraud.sources import redact
 
+    return {key: redact(value) if isinstance(value, str) else value for key, value in params.items()}
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from ccfraud.reporting import run_stage_notebook
+
     params, show_code = stage_parameters(args.name, Path(args.params), args.param)
-    shown = {key: redact(value) if isinstance(value, str) else value for key, value in params.items()}
+    shown = _shown(params)
     print(f"[ccfraud] stage '{args.name}' with parameters {shown}", file=sys.stderr, flush=True)
     executed, html = run_stage_notebook(args.name, params, show_code=show_code)
     print(f"[ccfraud] wrote {executed} and {html}", file=sys.stderr, flush=True)
