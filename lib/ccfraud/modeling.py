@@ -159,7 +159,8 @@ class PriorCorrected(ClassifierMixin, BaseEstimator):
         n_legit = len(y) - n_fraud
         if n_fraud == 0 or n_legit == 0:
             raise ValueError(f"training needs both classes, got {n_legit} legitimate and {n_fraud} fraud rows")
-        self.estimator_ = clone(self.estimator).fit(X[schema.FEATURES], y)
+        with one_thread():
+            self.estimator_ = clone(self.estimator).fit(X[schema.FEATURES], y)
         self.beta_ = float(prior_shift_beta(self.estimator_, n_legit, n_fraud)) * float(self.legit_fraction)
         self.classes_ = np.array([0, 1])
         self.feature_names_in_ = np.array(schema.FEATURES, dtype=object)
@@ -339,8 +340,7 @@ def search_candidate(
                      f"(AUPRC {value:.4f}); {done} of {scores.size} fits, {now - started:.0f} s")
     means, stds = scores.mean(axis=1), scores.std(axis=1)
     best = int(np.argmax(means))
-    with one_thread():
-        best_estimator = clone(base).set_params(**configs[best]).fit(X, y)
+    best_estimator = clone(base).set_params(**configs[best]).fit(X, y)
     table = pd.DataFrame({"candidate": name, "params": [short_params(p) for p in configs],
                           "cv_auprc_mean": means, "cv_auprc_std": stds, "fit_seconds": fit_times.mean(axis=1)})
     return SearchResult(
@@ -406,8 +406,7 @@ def refit(estimator: BaseEstimator, frame: pd.DataFrame, legit_fraction: float |
     fresh = clone(estimator)
     if legit_fraction is not None:
         fresh.set_params(legit_fraction=legit_fraction)
-    with one_thread():
-        return fresh.fit(frame, frame[schema.TARGET])
+    return fresh.fit(frame, frame[schema.TARGET])
 
 
 def fraud_probability(model: BaseEstimator, frame: pd.DataFrame) -> np.ndarray:
