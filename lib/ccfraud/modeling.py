@@ -33,15 +33,15 @@ MODELS = ("logreg", "random_forest", "hist_gb")
 
 
 def one_thread():
-    """A context in which OpenMP code (HistGradientBoosting, t-SNE) uses one thread.
+    """A context in which native thread pools (OpenMP: HistGradientBoosting; BLAS) use one thread.
 
-    Fits run side by side (joblib, one per core) instead: on the shared 2-core machine at a
+    Fits run side by side instead (joblib, one per core): on the shared 2-core machine at a
     load of 13, OpenMP's default of a thread per core made a small search take 130 s of wall
-    time (48 s of CPU spinning) instead of 8 s. Everything else here is single-threaded anyway.
+    time (48 s of CPU, mostly spinning) instead of 8 s.
     """
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="openmp")
+    return threadpool_limits(limits=1)
 SAMPLERS = ("none", "class_weight", "undersample", "smote", "nearmiss")
 
 
