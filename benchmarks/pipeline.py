@@ -149,7 +149,7 @@ def run_pipeline(workdir: Path, stages: list[str], every: float,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = Sampler(process.pid, every)
     sampler.start()
-    log = (workdir / "dvc-repro.log").open("w")
+    log = (workdir / "dvc-repro.log").open("w", buffering=1)  # line by line: follow it with tail -f
     for line in process.stdout:
         log.write(line)
         match = re.match(r"Running stage '([\w-]+)'", line)
