@@ -162,6 +162,7 @@ def test_post_fork_lets_arrow_parse_csv_on_every_cpu_whatever_omp_num_threads_sa
     before = pyarrow.cpu_count()
     pyarrow.set_cpu_count(1)  # what OMP_NUM_THREADS=1 does to Arrow at import
     monkeypatch.setattr(serving_config, "available_cpus", lambda: 7)
+    handlers = {stop: signal.getsignal(stop) for stop in gunicorn_conf.STOP_SIGNALS}  # post_fork replaces them
     try:
         with caplog.at_level(logging.INFO, logger="test.gunicorn"):
             gunicorn_conf.post_fork(fake_arbiter(preload=True), SimpleNamespace(pid=os.getpid()))
@@ -169,6 +170,36 @@ def test_post_fork_lets_arrow_parse_csv_on_every_cpu_whatever_omp_num_threads_sa
         assert "Arrow's thread pool sized to 7 threads" in caplog.text
     finally:
         pyarrow.set_cpu_count(before)
+        for stop, handler in handlers.items():
+            signal.signal(stop, handler)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "SIGQUIT"])
+def test_a_worker_stopped_while_it_boots_exits_at_once(stop):
+    """A forked worker inherits the master's handler, which only queues the signal; after post_fork's reset it exits.
+
+    The child stands for a worker between the fork and gunicorn's own handlers: it
+    "boots" for at most 60 s and exits 1 if the signal did not end it.
+    """
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker
+        try:
+            for inherited in gunicorn_conf.STOP_SIGNALS:
+                signal.signal(inherited, lambda signum, frame: None)  # as the master's: queue it and carry on
+            gunicorn_conf.exit_on_stop_signals()
+            os.write(ready_write, b"booting")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            os._exit(1)
+    os.close(ready_write)
+    assert os.read(ready_read, 16) == b"booting"
+    os.close(ready_read)
+    os.kill(pid, getattr(signal, stop))
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_loading_the_hooks_loads_neither_the_app_nor_openmp():

@@ -16,7 +16,9 @@ module level, only inside the hooks, which run after it.
 from __future__ import annotations
 
 import gc
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,13 +71,32 @@ def when_ready(server: Arbiter) -> None:
     server.log.info("froze %d objects out of garbage collection before forking workers", freeze_heap())
 
 
+#: The signals gunicorn's master sends its workers to stop them (gracefully: TERM; at once: INT, QUIT).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def exit_on_stop_signals() -> None:
+    """Until the worker installs its own handlers, a stop signal ends it at once: a booting worker has no request.
+
+    A forked worker inherits the master's handlers, which only queue the signal for the
+    master's loop, and the worker runs no such loop: a worker stopped while it was still
+    booting (a deploy or a test stopping a server that has just started) ignored the
+    signal, and the master waited out ``--graceful-timeout`` (10 s) before killing it.
+    gunicorn installs the worker's real handlers once it has booted.
+    """
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, lambda signum, frame: os._exit(0))
+
+
 def post_fork(server: Arbiter, worker: Worker) -> None:
-    """In each new worker, the first one and every replacement: size Arrow's thread pool, and log it.
+    """In each new worker, the first one and every replacement: stop signals end it while it boots; size Arrow's
+    thread pool, and log it.
 
     A size set in the master before the fork survives it (pyarrow 26), but setting it
     where the pool is used does not depend on that, and each worker's log line says
     what it got.
     """
+    exit_on_stop_signals()
     server.log.info("Arrow's thread pool sized to %d threads", size_arrow_threads())
 
 
