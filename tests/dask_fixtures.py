@@ -1,17 +1,23 @@
 """pytest fixtures for a real Dask cluster: ``distributed.LocalCluster`` with two worker processes.
 
-* ``dask_client``: one cluster per test session (per xdist worker), for tests that do not hurt it.
-* ``dask_client_fresh``: a cluster of its own for one test, which may kill its workers.
+* ``dask_client``: one cluster per test session (per xdist worker), shared by the tests; a
+  test that kills a worker waits for its nanny to bring it back (:func:`restore_workers`).
+* :class:`KillOnStart`: a worker plugin that kills its worker the moment a chosen task starts
+  executing there: a deterministic worker loss, mid-task, with no sleeps or polling.
 
-Both run in this machine's processes, on loopback; nothing is mocked.
+All run in this machine's processes, on loopback; nothing is mocked.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from ccfraud.compute import LOCAL_DASHBOARD
 
@@ -36,7 +42,38 @@ def dask_client() -> Iterator[Any]:
     yield from _client()
 
 
-@pytest.fixture
-def dask_client_fresh() -> Iterator[Any]:
-    """A client of a two-worker LocalCluster for one test only, so the test may kill a worker."""
-    yield from _client()
+def restore_workers(client: Any, timeout: float = 60) -> None:
+    """Wait until the cluster has its workers again (the nannies restart killed ones)."""
+    client.wait_for_workers(CLUSTER_OPTIONS["n_workers"], timeout=timeout)
+
+
+class KillOnStart(WorkerPlugin):
+    """SIGKILL the worker process on which the task whose key ends with ``key_suffix`` starts executing, once.
+
+    The worker's state machine tells the plugin of every transition; the kill happens on the
+    transition of that task to ``executing``, so the task has demonstrably started and not
+    finished. ``marker`` (a file, created exclusively) makes it happen once in all: the task,
+    rerun elsewhere or on the restarted worker, then completes. The marker holds the killed pid.
+    """
+
+    name = "ccfraud-test-kill-on-start"
+
+    def __init__(self, key_suffix: str, marker: str) -> None:
+        self.key_suffix, self.marker = key_suffix, marker
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish != "executing" or not str(key).endswith(self.key_suffix):
+            return
+        try:
+            descriptor = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            return
+        os.write(descriptor, str(os.getpid()).encode())
+        os.close(descriptor)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @staticmethod
+    def killed_pid(marker: str) -> int | None:
+        """The pid the plugin killed, or None if it never fired."""
+        path = Path(marker)
+        return int(path.read_text()) if path.exists() else None

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import uuid
 from http import HTTPStatus
 from pathlib import Path
@@ -22,6 +20,7 @@ import fsspec.core
 import numpy as np
 import pandas as pd
 import pytest
+from dask_fixtures import KillOnStart, restore_workers
 
 from ccfraud import artifacts, batch, cli, compute, lake, publish, s3, schema, synthetic
 from ccfraud.serving import create_app
@@ -267,65 +266,33 @@ def test_the_worker_plugin_ships_the_model_not_a_scorer_and_checks_library_versi
 # --- a worker killed mid-job ------------------------------------------------------------------
 
 
-def score_task_states(dask_scheduler=None) -> dict[str, tuple[str, str | None]]:
-    """The scheduler's view of the scoring tasks: state, and the worker processing each."""
-    return {str(key): (ts.state, ts.processing_on.address if ts.processing_on else None)
-            for key, ts in dask_scheduler.tasks.items() if str(key).startswith("ccfraud-score-")}
-
-
-class WorkerKiller(threading.Thread):
-    """Kill (SIGKILL) a worker that is scoring, once ``after`` of ``total`` partitions are done."""
-
-    def __init__(self, client, total: int, after: int) -> None:
-        super().__init__(daemon=True)
-        self.client, self.total, self.after = client, total, after
-        self.pids = client.run(os.getpid)
-        self.stop = threading.Event()
-        self.remaining_at_kill: int | None = None
-        self.victim: str | None = None
-
-    def run(self) -> None:
-        done: set[str] = set()  # the job releases a task once its part is collected: remember it as done
-        while not self.stop.is_set():
-            states = self.client.run_on_scheduler(score_task_states)
-            done.update(key for key, (state, _) in states.items() if state == "memory")
-            busy = [worker for state, worker in states.values() if state == "processing" and worker in self.pids]
-            if len(done) >= self.after and busy:
-                self.victim = busy[0]
-                self.remaining_at_kill = self.total - len(done)
-                os.kill(self.pids[self.victim], signal.SIGKILL)
-                return
-            self.stop.wait(0.005)
-
-
 def test_a_worker_killed_mid_job_changes_nothing_in_the_output(logreg_model_dir, transactions, tmp_path,
-                                                               dask_client_fresh):
-    """Distributed reruns the lost tasks; they write the same bytes, so the dataset equals a clean run's."""
-    files = 40
+                                                               dask_client):
+    """Distributed reruns the lost task; it writes the same bytes, so the dataset equals a clean run's.
+
+    The worker dies the moment partition 2 of 6 starts executing on it (a worker plugin kills
+    its own process on that transition): mid-job and mid-task by construction, not by timing.
+    """
+    files = 6
     write_parquet_files(transactions, tmp_path / "in", files)
     model = artifacts.load_model(logreg_model_dir)
-    clean = batch.score(model, str(tmp_path / "in"), str(tmp_path / "clean"), client=dask_client_fresh)
+    clean = batch.score(model, str(tmp_path / "in"), str(tmp_path / "clean"), client=dask_client)
 
-    killer = WorkerKiller(dask_client_fresh, total=files, after=3)
-    killer.start()
+    marker = str(tmp_path / "killed")
+    pids = set(dask_client.run(os.getpid).values())
+    dask_client.register_plugin(KillOnStart("-00002", marker))
     try:
-        result = batch.score(model, str(tmp_path / "in"), str(tmp_path / "hurt"), client=dask_client_fresh)
-    except batch.BatchError as error:  # the other allowed outcome: a clean failure
-        result = None
-        assert "died" in str(error)
-        assert not (tmp_path / "hurt" / lake.MANIFEST).exists() and part_files(tmp_path / "hurt") == []
+        result = batch.score(model, str(tmp_path / "in"), str(tmp_path / "hurt"), client=dask_client)
     finally:
-        killer.stop.set()
-        killer.join()
-    assert killer.victim is not None and killer.remaining_at_kill > 0, "the worker was not killed mid-job"
-    assert killer.pids[killer.victim] not in dask_client_fresh.run(os.getpid).values()  # it really died
-    if result is not None:
-        assert [(p["rows"], p["sha256"]) for p in result.manifest["parts"]] == \
-            [(p["rows"], p["sha256"]) for p in clean.manifest["parts"]]
-        lake.verify(str(tmp_path / "hurt"))
-        pd.testing.assert_frame_equal(lake.read_pandas(str(tmp_path / "hurt")),
-                                      lake.read_pandas(str(tmp_path / "clean")))
-        assert part_files(tmp_path / "hurt") == listed_parts(tmp_path / "hurt")
+        dask_client.unregister_worker_plugin(KillOnStart.name)
+        restore_workers(dask_client)
+    killed = KillOnStart.killed_pid(marker)
+    assert killed in pids, "a worker of the cluster was killed while scoring partition 2"
+    assert killed not in dask_client.run(os.getpid).values()  # it really died; its nanny started a new one
+    assert result.manifest == clean.manifest  # same parts, names, rows and checksums: content-addressed
+    lake.verify(str(tmp_path / "hurt"))
+    assert part_files(tmp_path / "hurt") == listed_parts(tmp_path / "hurt")  # no stray part of the lost task
+    pd.testing.assert_frame_equal(lake.read_pandas(str(tmp_path / "hurt")), lake.read_pandas(str(tmp_path / "clean")))
 
 
 def test_a_partition_that_keeps_killing_its_workers_is_an_error_naming_it():
