@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         figures["workers_over_limit"] = sorted(
             address for address, memory in figures["workers"].items()
             if max(memory["sampled_peak_mib"], memory["high_water_mib"] or 0) * MiB > memory_limit)
-        figures.update({"storage": "s3 (local SeaweedFS)" if args.s3 else "local disk", "model": str(model_dir),
+        storage = "s3" if args.s3 or str(source).startswith("s3://") else "local disk"
+        figures.update({"storage": storage, "model": str(model_dir),
                         "memory_limit": args.memory_limit, "n_workers": args.workers,
                         "cluster_start_seconds": round(cluster_seconds, 1), "cpus": os.cpu_count(),
                         "load_average_before": [round(x, 2) for x in load_before],
