@@ -32,7 +32,7 @@ def read_table(body: bytes) -> pa.Table:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise CsvFormatError(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+            raise CsvFormatError(f"malformed CSV: not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
         return pa_csv.read_csv(pa.BufferReader(body), convert_options=AS_NUMBERS)  # reads the bytes in place
     except pa.ArrowInvalid:

@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 
-from ccfraud import schema
+from ccfraud import csvformat, schema
 from ccfraud.serving.errors import ApiError
 
 INSTANCES = "instances"
@@ -169,35 +168,12 @@ def check_row_count(rows: int, max_rows: int) -> None:
                        "(CCFRAUD_MAX_ROWS); split it into smaller requests")
 
 
-#: Feature columns are read as float64: a cell Arrow cannot read as a number (a date, a timestamp, 0x10, True)
-#: then fails the fast read instead of being inferred as another type and converted to a number later.
-_AS_NUMBERS = pa_csv.ConvertOptions(column_types={name: pa.float64() for name in schema.FEATURES})
-#: The second read, after a cell failed the first: every column as text (empty cells as missing), so that
-#: schema.validate_features finds the bad cell and names its column and row.
-_AS_TEXT = pa_csv.ConvertOptions(column_types={name: pa.string() for name in schema.COLUMNS}, strings_can_be_null=True)
-
-
 def _read_csv(body: bytes) -> pa.Table:
-    """The CSV body as an Arrow table (features as float64, or all text if a cell is not a number), or a 400.
-
-    Arrow's reader (in parallel blocks) parses a 10,000-row body in half the time of
-    pandas' and refuses rows whose field count differs from the header's (pandas would
-    silently turn an extra leading field into an index).
-    """
-    if not body.isascii():  # Arrow would read invalid UTF-8 as binary cells; say what is wrong instead
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: the body is not UTF-8 text ({error.reason} "
-                           f"at byte {error.start})") from None
+    """The CSV body as an Arrow table, read as ``ccfraud score`` reads a file (:mod:`ccfraud.csvformat`), or a 400."""
     try:
-        return pa_csv.read_csv(pa.BufferReader(body), convert_options=_AS_NUMBERS)  # reads the bytes in place
-    except pa.ArrowInvalid:
-        pass  # a cell that is not a number, or a malformed file: the text read tells which
-    try:
-        return pa_csv.read_csv(pa.BufferReader(body), convert_options=_AS_TEXT)
-    except pa.ArrowInvalid as error:
-        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed CSV: {str(error).strip()}") from None
+        return csvformat.read_table(body)
+    except csvformat.CsvFormatError as error:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
 
 
 def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
