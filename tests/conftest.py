@@ -106,8 +106,8 @@ PIPELINE_TEST_PARAMS = {
                               "min_samples_leaf": [1]},
             "hist_gb": {"sampler": ["none"], "max_iter": [50]},
         },
-        "bootstrap": 50,
     },
+    "evaluate": {"bootstrap": 50},
 }
 
 

@@ -11,8 +11,9 @@ the data the model was built on, and says whether anything moved enough to act:
   :class:`~ccfraud.serving.scoring.Scorer`;
 * the alert rate (share of rows at or above the deployed threshold) against the test split's;
 * when the data has ``Class``: AUPRC, precision and recall at the deployed threshold
-  against the training-time figures in ``model.json`` (``metrics.test``, the same figures
-  as ``reports/metrics.json``).
+  against the model's figures on the test split, scored now with the same scorer (the
+  evaluate stage's figures; ``model.json`` holds none, training never sees the test split,
+  but a model that records ``metrics.test`` is compared with those).
 
 The statistics follow :mod:`ccfraud.summaries`: bins are fixed from the reference first
 (quantiles of the train split, or of a uniform sample of it beyond

@@ -182,7 +182,8 @@ def _schemas(max_rows: int) -> dict[str, Any]:
                 "trained_at": {"type": "string"},
                 "threshold": {"type": "number"},
                 "features": {"type": "array", "items": {"type": "string"}},
-                "metrics": {"type": "object", "description": "Test-split metrics of the training run."},
+                "metrics": {"type": "object", "description": "The training run's cross-validated and validation "
+                            "figures (the evaluate stage scores the test split; training never sees it)."},
                 "library_versions": {"type": "object", "additionalProperties": {"type": "string"}},
                 "git_revision": {"type": "string"},
                 "candidate": {"type": ["string", "null"]},
