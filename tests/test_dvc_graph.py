@@ -55,7 +55,9 @@ def imported_modules(tree: ast.AST) -> set[str]:
                 # `from ccfraud import x`: x is a module or a name of the package's __init__
                 found |= {alias.name for alias in node.names if module_path(alias.name)} | {"__init__"}
             elif node.module.startswith(f"{PACKAGE}."):
-                found.add(node.module.split(".", 1)[1])
+                # `from ccfraud.serving import forest`: the subpackage, and forest if it is a module of it
+                found.add(parent := node.module.split(".", 1)[1])
+                found |= {f"{parent}.{alias.name}" for alias in node.names if module_path(f"{parent}.{alias.name}")}
     return found
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ccfraud import artifacts, atomicio, baseline, evaluation, modeling, training
+from ccfraud import artifacts, atomicio, baseline, evaluation, modeling, summaries, training
 
 PLOTS_DIR = "plots"
 METRICS_FILE = "metrics.json"
@@ -109,6 +109,29 @@ def margin_summary(model_name: str, test_auprc: float, reference_auprc: float) -
     return (f"**The untuned yardstick still wins on the test split**: AUPRC {reference_auprc:.4f} against "
             f"{test_auprc:.4f} for the chosen model ({model_name}), a margin of {margin:+.4f}. The choice was "
             "made on the validation split, where the chosen model was at least as good.")
+
+
+def rows_at(frame: Any, positions: np.ndarray) -> pd.DataFrame:
+    """The rows of a split at ``positions`` (in the order :func:`training.score` returns its rows), in that order.
+
+    For the reason codes of the top alerts and an importance sample: with the dask engine
+    only the partitions holding those rows are read, one at a time, and only the rows
+    asked for are kept, so the split itself never comes to the client.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if not summaries.is_partitioned(frame):
+        return frame.iloc[positions]
+    lengths = np.asarray(frame.map_partitions(len).compute(), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    if positions.size and (positions.min() < 0 or positions.max() >= lengths.sum()):
+        raise IndexError(f"row positions must lie in 0..{lengths.sum() - 1}; "
+                         f"found {positions.min()}..{positions.max()}")
+    part_of = np.searchsorted(starts, positions, side="right") - 1
+    parts = np.unique(part_of)  # ascending, as the stable sort below groups the positions
+    chunks = [frame.get_partition(int(part)).compute().iloc[positions[part_of == part] - starts[part]]
+              for part in parts]  # one partition in memory at a time: only its wanted rows are kept
+    grouped = pd.concat(chunks) if chunks else frame.head(0)
+    return grouped.iloc[np.argsort(np.argsort(part_of, kind="stable"), kind="stable")]
 
 
 def _round(values: dict[str, Any], digits: int = 6) -> dict[str, Any]:
