@@ -723,22 +723,10 @@ def metrics_ab(model_dir: Path, rounds: int, args: argparse.Namespace, wrk: str 
         for server in servers.values():
             server.wait_ready()
 
-        def load(server: Server) -> dict:
-            if wrk:
-                run_wrk(wrk, server.port, script, clients, 1.0, warmup=False)
-            else:
-                run_clients(server.port, bodies, clients, 1.0, args.max_requests, warmup=0.0)
-            cpu = server.cpu_seconds()
-            if wrk:
-                phase = run_wrk(wrk, server.port, script, clients, args.seconds, warmup=False)
-            else:
-                phase = run_clients(server.port, bodies, clients, args.seconds, args.max_requests, warmup=0.0)
-            phase["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu) / phase["requests"] * 1e6
-            return phase
-
         for round_ in range(rounds):
             order = ["with metrics", "without metrics"][:: 1 if round_ % 2 == 0 else -1]
-            measured = {label: load(servers[label]) for label in order}
+            measured = {label: single_record_phase(servers[label], clients, args, wrk, script, bodies)
+                        for label in order}
             pair = {label: {key: phase[key] for key in ("throughput_rps", "p99_ms", "server_cpu_us_per_request")}
                     for label, phase in measured.items()}
             pair["ratio"] = measured["with metrics"]["throughput_rps"] / measured["without metrics"]["throughput_rps"]
@@ -760,6 +748,25 @@ def metrics_ab(model_dir: Path, rounds: int, args: argparse.Namespace, wrk: str 
             "cpu_overhead_percent": (statistics.median(cpu_ratios) - 1.0) * 100.0}
 
 
+def single_record_phase(server: Server, clients: int, args: argparse.Namespace, wrk: str | None, script: Path,
+                        bodies: list[bytes]) -> dict:
+    """Single records posted by ``clients`` connections for ``args.seconds`` (wrk if installed, else our loop).
+
+    A 1 s warm-up run first; the CPU the server spends is counted over the measured run alone
+    (``server_cpu_us_per_request``).
+    """
+    def run(seconds: float) -> dict:
+        if wrk:
+            return run_wrk(wrk, server.port, script, clients, seconds, warmup=False)
+        return run_clients(server.port, bodies, clients, seconds, args.max_requests, warmup=0.0)
+
+    run(1.0)
+    cpu = server.cpu_seconds()
+    phase = run(args.seconds)
+    phase["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu) / phase["requests"] * 1e6
+    return phase
+
+
 def measure_design(label: str, extra_args: str, model_dir: Path, args: argparse.Namespace, wrk: str | None,
                    script: Path, bodies: list[bytes], csv_body: bytes) -> dict:
     """Every HTTP phase against one server design: the Procfile command plus ``extra_args``."""
@@ -769,18 +776,7 @@ def measure_design(label: str, extra_args: str, model_dir: Path, args: argparse.
         server.wait_ready()
         single = []
         for clients in (1, 16):
-            # A warm-up run first, then the CPU the server spends is counted over the measured run alone.
-            if wrk:
-                run_wrk(wrk, server.port, script, clients, 1.0, warmup=False)
-            else:
-                run_clients(server.port, bodies, clients, 1.0, args.max_requests, warmup=0.0)
-            cpu = server.cpu_seconds()
-            if wrk:
-                phase = run_wrk(wrk, server.port, script, clients, args.seconds, warmup=False)
-            else:
-                phase = run_clients(server.port, bodies, clients, args.seconds, args.max_requests, warmup=0.0)
-            phase["server_cpu_us_per_request"] = (server.cpu_seconds() - cpu) / phase["requests"] * 1e6
-            single.append(phase)
+            single.append(single_record_phase(server, clients, args, wrk, script, bodies))
         times = batch_times(server.port, csv_body, args.batch_repeats)
         result = {"label": label, "extra_args": extra_args, "single": single,
                   "batch_10k_csv_ms": {"median": statistics.median(times) * 1e3, "min": min(times) * 1e3,
