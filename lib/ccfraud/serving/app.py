@@ -120,12 +120,13 @@ def _metadata(state: ModelState, loaded: artifacts.LoadedModel, scorer: Scorer) 
     return out
 
 
-def _predictions(loaded: artifacts.LoadedModel, probabilities: Any) -> dict[str, Any]:
-    threshold = loaded.threshold
+def _predictions(loaded: artifacts.LoadedModel, probabilities: Any, flagged: Any) -> dict[str, Any]:
+    """The /predict answer; ``flagged`` is ``probabilities >= loaded.threshold``, computed once per request."""
     return {
         "model_version": loaded.version,
-        "threshold": threshold,
-        "predictions": [{"fraud_probability": p, "is_fraud": p >= threshold} for p in probabilities.tolist()],
+        "threshold": loaded.threshold,
+        "predictions": [{"fraud_probability": p, "is_fraud": f}
+                        for p, f in zip(probabilities.tolist(), flagged.tolist(), strict=True)],
     }
 
 
@@ -279,10 +280,11 @@ def create_app(model_location: str | None = None, *, max_rows: int | None = None
                            f"unsupported content type: expected {JSON} or {CSV}, found {found}")
         explainer = state.require_explainer() if explain_rows else None
         probabilities = scorer.probabilities(matrix)
-        answer = _predictions(loaded, probabilities)
+        flagged = probabilities >= loaded.threshold
+        answer = _predictions(loaded, probabilities, flagged)
         if explainer is not None:
             _add_reasons(answer, explainer.explain(matrix))
-        metrics.scored(len(probabilities), int(np.count_nonzero(probabilities >= loaded.threshold)), explain_rows)
+        metrics.scored(len(probabilities), int(np.count_nonzero(flagged)), explain_rows)
         return json_response(answer)
 
     return app

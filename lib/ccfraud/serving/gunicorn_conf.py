@@ -141,9 +141,8 @@ WORKER_READY = "ready: app loaded, signal handlers installed"
 def post_worker_init(worker: Worker) -> None:
     """In each worker, once its signal handlers are installed and its app loaded: say so.
 
-    Until then a SIGTERM reaches the handlers the worker inherited from the master and is
-    lost, and the master waits its whole ``--graceful-timeout`` (10 s) before killing the
-    worker: a test that stops the server just after it answered its first request waits
-    for this line from every worker first.
+    Until then a stop signal ends the worker at once (:func:`exit_on_stop_signals`) rather
+    than gracefully; tests that stop the server wait for this line from every worker, so
+    that what they check is a graceful stop of a server that had fully started.
     """
     worker.log.info("worker %d %s", worker.pid, WORKER_READY)
