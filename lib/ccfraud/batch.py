@@ -545,7 +545,7 @@ def _explain(error: BaseException, labels: dict[str, str]) -> BaseException:
 def load_model(location: str, endpoint_url: str | None = None) -> artifacts.LoadedModel:
     """The verified model at ``location``, loaded exactly as the API loads it."""
     check_location(location, "model")
-    return model_source.load(location, endpoint_url if model_source.is_s3(location) else None)
+    return model_source.load(location, endpoint_url)
 
 
 def score(model: str | artifacts.LoadedModel, input_location: str, output: str, *, endpoint_url: str | None = None,

@@ -47,7 +47,7 @@ PARTS = "parts"
 #: Hex digits of a part's SHA-256 in its name: enough that two different parts never share one.
 NAME_DIGEST = 16
 #: A part's path relative to its dataset (also the layout before parts were content-addressed).
-PART_PATH = re.compile(r"(^|/)(parts/part-[\d-]+-[0-9a-f]{16}|run-[^/]+/part-[\d-]+)\.parquet$")
+PART_PATH = re.compile(rf"(^|/)(parts/part-[\d-]+-[0-9a-f]{{{NAME_DIGEST}}}|run-[^/]+/part-[\d-]+)\.parquet$")
 
 
 class LakeError(RuntimeError):
