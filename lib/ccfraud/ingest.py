@@ -602,7 +602,7 @@ def _convert_parquet(location: str, target: str, *, where: str, md5: str | None,
                      partition_rows: int, endpoint_url: str | None, options: dict[str, Any] | None,
                      client: Any) -> sources.DatasetSummary:
     if not _is_s3(location):
-        location = str(Path(sources.local_path(location)).resolve())  # the workers' working directory may differ
+        location = lake.for_workers(str(sources.local_path(location)))
     source_options = _source_options(location, endpoint_url)
     files = parquet_files(location, source_options)
     log.info("%s: %d Parquet file(s)", where, len(files))

@@ -350,7 +350,8 @@ def write_dask(frame: Any, target: str, client: Any, *, options: dict[str, Any] 
     """
     import dask
 
-    tasks = [dask.delayed(write_part)(partition, target, part_stem(index), options)
+    on_workers = for_workers(target)
+    tasks = [dask.delayed(write_part)(partition, on_workers, part_stem(index), options)
              for index, partition in enumerate(frame.to_delayed())]
     try:
         parts = client.gather(client.compute(tasks))

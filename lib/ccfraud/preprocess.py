@@ -282,7 +282,7 @@ def write_splits(splits: Splits, out_dir: Path, *, partition_rows: int, client: 
                 from distributed import default_client
 
                 client = default_client()
-            lake.write_dask(part, str(paths[name].resolve()), client)
+            lake.write_dask(part, str(paths[name]), client)
         else:
             lake.write_frames(_chunks(part, partition_rows), str(paths[name]))
     return paths
