@@ -134,10 +134,6 @@ def rows_at(frame: Any, positions: np.ndarray) -> pd.DataFrame:
     return grouped.iloc[np.argsort(np.argsort(part_of, kind="stable"), kind="stable")]
 
 
-def _round(values: dict[str, Any], digits: int = 6) -> dict[str, Any]:
-    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in values.items()}
-
-
 def write_plots(reports_dir: Path, test_curves: dict[str, pd.DataFrame], test_labels, test_scores,
                 threshold: float) -> dict[str, Path]:
     """Write the test split's DVC plot files declared in dvc.yaml (small CSVs, one per plot).
@@ -177,15 +173,14 @@ def write_metrics(
         "threshold_rule": meta["threshold_rule"],
         "refit_on": meta["refit_on"],
         "split": (meta.get("split") or {}).get("split"),
-        "test": _round(metrics_test),
+        "test": evaluation.rounded(metrics_test),
         "cv": meta["metrics"]["cv"],
         "valid": meta["metrics"]["valid"],
         # Timings stay out of metrics.json (they differ run to run); the train report's table shows them.
         "candidates": {name: {key: value for key, value in row.items() if key != "best_params"}
                        for name, row in meta["candidates"].items()},
-        "seed_baseline": {key: (round(metrics_seed[key], 6) if isinstance(metrics_seed[key], float)
-                                else metrics_seed[key])
-                          for key in ("auprc", "roc_auc", "precision", "recall", "alerts")},
+        "seed_baseline": evaluation.rounded({key: metrics_seed[key]
+                                             for key in ("auprc", "roc_auc", "precision", "recall", "alerts")}),
         "reference_untuned_hgb": {"auprc": round(metrics_reference["auprc"], 6),
                                   "roc_auc": round(metrics_reference["roc_auc"], 6),
                                   "auprc_margin": round(metrics_test["auprc"] - metrics_reference["auprc"], 6)},

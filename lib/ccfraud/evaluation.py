@@ -6,6 +6,8 @@ reported as a result: on 0.17% fraud a model that flags nothing is 99.8% accurat
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from sklearn.calibration import calibration_curve
@@ -211,6 +213,11 @@ def bootstrap_intervals(
         "auprc": [round(float(np.quantile(aps, q)), 6) for q in (alpha, 1 - alpha)],
         "recall": [round(float(np.quantile(recalls, q)), 6) for q in (alpha, 1 - alpha)],
     }
+
+
+def rounded(values: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    """``values`` with every float rounded to ``digits``, as metrics.json and model.json record them."""
+    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in values.items()}
 
 
 def evaluate(

@@ -222,10 +222,6 @@ def select_model(
                      valid_metrics, model, len(refit.frame), int(refit.frame[schema.TARGET].sum()), fit, refit)
 
 
-def _round(values: dict[str, Any], digits: int = 6) -> dict[str, Any]:
-    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in values.items()}
-
-
 def search_summary(selection: Selection) -> dict[str, dict[str, Any]]:
     """Per candidate (in the order chosen): its best configuration, CV AUPRC mean and std, validation AUPRC."""
     return {r.name: {"best_params": r.describe_params(), "cv_auprc_mean": round(r.cv_auprc_mean, 6),
@@ -267,7 +263,7 @@ def save_model(
             "params": params,
             "candidates": search_summary(selection),
             "metrics": {"cv": {"auprc_mean": round(best.cv_auprc_mean, 6), "auprc_std": round(best.cv_auprc_std, 6)},
-                        "valid": _round(valid)},
+                        "valid": evaluation.rounded(valid)},
         },
     )
 
