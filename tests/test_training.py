@@ -1,13 +1,25 @@
 """The train and evaluate stages' logic: every choice made without the test split, and what each stage writes."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from ccfraud import artifacts, assessment, evaluation, modeling, preprocess, schema, synthetic, training
+from ccfraud import (
+    artifacts,
+    assessment,
+    baseline,
+    comparison,
+    evaluation,
+    modeling,
+    preprocess,
+    schema,
+    synthetic,
+    training,
+)
 
 SETTINGS = {
     "candidates": {"logreg": {"sampler": ["class_weight", "none"]}},
@@ -87,14 +99,18 @@ def test_the_reference_name_is_reserved_for_the_reference():
 def test_the_search_reports_configuration_fold_and_elapsed_while_it_runs(splits):
     lines = []
     spec = {"sampler": ["class_weight", "none"]}
-    result = modeling.search_candidate("logreg", spec, splits.train, splits.train[schema.TARGET], folds=2,
-                                       progress=lines.append, every=0.0)
-    assert result.n_configs == 2 and len(lines) == 4  # one line per fit: 2 configurations x 2 folds
-    assert all(line.startswith("  logreg: configuration ") for line in lines)
-    assert {line.split(", fold")[0] for line in lines} == {"  logreg: configuration 1 of 2",
-                                                           "  logreg: configuration 2 of 2"}
-    assert all(" of 2 (AUPRC " in line and line.endswith(" s") for line in lines)
-    assert "4 of 4 fits" in lines[-1]
+    [result] = modeling.search_all({"logreg": spec}, splits.train, splits.train[schema.TARGET], folds=2,
+                                     progress=lines.append, every=0.0)
+    fits = [line for line in lines if line.startswith("  logreg: configuration ")]
+    assert result.n_configs == 2 and len(fits) == 4  # one line per fit: 2 configurations x 2 folds
+    assert {line.split(", fold")[0] for line in fits} == {"  logreg: configuration 1 of 2",
+                                                          "  logreg: configuration 2 of 2"}
+    assert all(" of 2 (AUPRC " in line and line.endswith(" s") for line in fits)
+    assert "4 of 4 fits" in fits[-1]
+    done = lines.index(fits[-1]) + 1  # the candidate's line follows its last fit, then the refit's
+    assert lines[done].startswith(f"candidate 1 of 1: logreg searched, CV AUPRC {result.cv_auprc_mean:.4f} ")
+    assert lines[done + 1:] == [f"refitting each candidate's best configuration on all {len(splits.train):,} "
+                                "search rows"]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +121,8 @@ def saved(splits, selection, tmp_path_factory):
     preprocess.write_splits(splits, processed, partition_rows=10_000)
     preprocess.write_manifest(processed, preprocess.split_facts(splits), strategy="time")
     params = {"seed": SETTINGS["seed"], "sample_rows": None, "refit_on": "train_valid", "review_cost": 5.0}
-    meta = training.save_model(selection, threshold_rule="max_f1", refit_on="train_valid",
+    compared = training.fit_comparison(selection, SETTINGS["seed"])
+    meta = training.save_model(selection, compared=compared, threshold_rule="max_f1", refit_on="train_valid",
                                manifest={"split": "time"}, params=params, model_dir=root / "models",
                                processed_dir=processed)
     training.write_threshold_plot(root / "reports", selection)
@@ -134,8 +151,8 @@ def test_the_evaluate_stage_writes_what_it_was_given(splits, saved):
     y = splits.test[schema.TARGET]
     scores = modeling.fraud_probability(loaded.model, splits.test)
     metrics_test = evaluation.evaluate(y, scores, loaded.threshold, amount=splits.test[schema.AMOUNT], bootstrap=20)
-    comparison = assessment.fit_comparison(splits.train, splits.valid, loaded)
-    metrics_seed = evaluation.evaluate(y, modeling.fraud_probability(comparison.seed_method.model, splits.test), 0.5,
+    compared = comparison.load(root / "models", loaded.metadata)
+    metrics_seed = evaluation.evaluate(y, modeling.fraud_probability(compared.seed_method, splits.test), 0.5,
                                        bootstrap=0)
     metrics_reference = {**metrics_test, "auprc": 0.123, "roc_auc": 0.456}
     metrics = assessment.write_metrics(loaded, metrics_test=metrics_test, metrics_seed=metrics_seed,
@@ -154,16 +171,47 @@ def test_the_evaluate_stage_writes_what_it_was_given(splits, saved):
     assert confusion["predicted"].tolist() == (scores >= loaded.threshold).astype(int).tolist()
 
 
-def test_the_yardstick_is_fitted_on_the_models_own_rows(splits, selection, saved):
-    """The evaluate stage's yardstick is the reference configuration refitted on train + valid, as the model was."""
+def test_the_comparison_models_are_fitted_on_the_models_own_rows_and_saved_with_it(splits, selection, saved):
+    """The yardstick is the reference configuration refitted on train + valid, as the model was; the seed recipe
+    is fitted on the search's rows; the evaluate stage gets both back from the model directory as they were."""
     root, _ = saved
     loaded, _ = assessment.load_model(root / "models")
-    comparison = assessment.fit_comparison(splits.train, splits.valid, loaded)
+    compared = comparison.load(root / "models", loaded.metadata)
+    # Here the search chose the yardstick itself: its row is the model's, nothing else was fitted.
+    assert loaded.metadata["candidate"] == modeling.REFERENCE and compared.reference_is_model
+    scored = training.score_models(comparison.scorers(loaded.model, compared), splits.test)
+    assert list(scored.columns) == [schema.TARGET, schema.AMOUNT, modeling.SCORE, comparison.SEED_SCORE]
+    np.testing.assert_array_equal(comparison.reference_scores(scored), scored[modeling.SCORE])
+    # Had another candidate won, the yardstick is the reference configuration refitted on the model's rows.
+    other = comparison.fit(selection.fit_sample.frame, selection.refit_sample.frame, model_legit_fraction=1.0,
+                           chosen="logreg", seed=SETTINGS["seed"])
     both = pd.concat([splits.train, splits.valid], ignore_index=True)
     expected = modeling.make_pipeline("hist_gb", seed=SETTINGS["seed"]).fit(both, both[schema.TARGET])
-    np.testing.assert_array_equal(modeling.fraud_probability(comparison.reference, splits.test),
+    np.testing.assert_array_equal(modeling.fraud_probability(other.reference, splits.test),
                                   modeling.fraud_probability(expected, splits.test))
-    assert comparison.reference_is_model == (loaded.metadata["candidate"] == modeling.REFERENCE)
+    np.testing.assert_array_equal(comparison.reference_scores(training.score_models(
+        comparison.scorers(loaded.model, other), splits.test)), modeling.fraud_probability(expected, splits.test))
+    seed_method = baseline.fit_seed_baseline(splits.train, SETTINGS["seed"])
+    np.testing.assert_array_equal(modeling.fraud_probability(compared.seed_method, splits.test),
+                                  modeling.fraud_probability(seed_method.model, splits.test))
+    assert compared.seed_accuracy_claim == round(seed_method.balanced_accuracy_claim, 6)
+
+
+def test_a_comparison_file_that_is_not_the_models_is_refused(saved, tmp_path):
+    root, meta = saved
+    copy = tmp_path / "models"
+    shutil.copytree(root / "models", copy)
+    path = copy / comparison.FILE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped inside the archive
+    path.write_bytes(bytes(data))
+    with pytest.raises(comparison.ComparisonError, match=rf"{comparison.FILE}: checksum mismatch"):
+        comparison.load(copy, meta)
+    path.unlink()
+    with pytest.raises(comparison.ComparisonError, match=rf"{comparison.FILE} not found"):
+        comparison.load(copy, meta)
+    with pytest.raises(comparison.ComparisonError, match="records no comparison models"):
+        comparison.load(copy, {key: value for key, value in meta.items() if key != comparison.METADATA_KEY})
 
 
 def test_the_report_says_plainly_when_the_yardstick_wins():
@@ -258,4 +306,12 @@ def test_scoring_on_the_cluster_keeps_rows_in_order(processed, dask_client):
     scored = training.score(model, on_dask.test)
     assert list(scored.columns) == list(modeling.SCORED_COLUMNS)
     np.testing.assert_array_equal(scored[modeling.SCORE], modeling.fraud_probability(model, in_memory.test))
+    # Several models in one pass over the split: each column is that model's scores, on either engine.
+    other = modeling.make_pipeline("hist_gb", seed=0).fit(in_memory.train, in_memory.train[schema.TARGET])
+    both = training.score_models({"a": model, "b": other}, on_dask.test)
+    pd.testing.assert_frame_equal(both, training.score_models({"a": model, "b": other}, in_memory.test))
+    np.testing.assert_array_equal(both["a"], scored[modeling.SCORE])
+    np.testing.assert_array_equal(both["b"], modeling.fraud_probability(other, in_memory.test))
+    with pytest.raises(ValueError, match=r"cannot be named \['Class'\]"):
+        training.score_models({schema.TARGET: model}, in_memory.test)
     np.testing.assert_array_equal(scored[schema.TARGET], in_memory.test[schema.TARGET])

@@ -1,11 +1,11 @@
 """The evaluate stage's edges: the trained model scored once on the untouched test split.
 
-The train stage leaves a model and what it knows about it (``model.json``); this stage reads
-that, the test split, and (to fit its comparison models on the very rows the model learnt
-from) the train and validation splits. It writes ``reports/metrics.json`` and the plot files
-declared in ``dvc.yaml``. The comparison rows are the seed project's recipe and the untuned
-yardstick (:data:`ccfraud.modeling.REFERENCE`), fitted with the parameters ``model.json``
-records, so changing an evaluation knob (``params.yaml → evaluate``) reruns only this stage.
+The train stage leaves a model, what it knows about it (``model.json``) and the models it is
+compared with (:mod:`ccfraud.comparison`: the seed project's recipe and the untuned yardstick,
+fitted on the model's own rows). This stage reads those and the test split, and nothing else,
+scores the three models in one pass over it, and writes ``reports/metrics.json`` and the plot
+files declared in ``dvc.yaml``; changing an evaluation knob (``params.yaml → evaluate``) reruns
+only this stage.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ccfraud import artifacts, atomicio, baseline, evaluation, modeling, summaries, training
+from ccfraud import artifacts, atomicio, evaluation, modeling, summaries, training
 
 PLOTS_DIR = "plots"
 METRICS_FILE = "metrics.json"
@@ -39,8 +38,9 @@ def write_demo_run(seed: int = 0) -> tuple[Path, Path]:
         target_recall=0.8, review_cost=params["review_cost"], refit_on=params["refit_on"], n_jobs=1,
     )
     model_dir = Path(tempfile.mkdtemp(prefix="ccfraud-model-"))
-    training.save_model(selection, threshold_rule="max_f1", refit_on=params["refit_on"], manifest=manifest,
-                        params=params, model_dir=model_dir, processed_dir=processed_dir)
+    training.save_model(selection, compared=training.fit_comparison(selection, seed), threshold_rule="max_f1",
+                        refit_on=params["refit_on"], manifest=manifest, params=params, model_dir=model_dir,
+                        processed_dir=processed_dir)
     return processed_dir, model_dir
 
 
@@ -68,33 +68,6 @@ def load_model(model_dir: Path) -> tuple[artifacts.LoadedModel, list[str]]:
     finally:
         logger.removeHandler(collect)
         logger.propagate = propagate
-
-
-@dataclass
-class Comparison:
-    """The models the chosen one is compared with on the test split, fitted on the rows it learnt from."""
-
-    seed_method: baseline.SeedBaseline
-    reference: Any  # the untuned yardstick: a fitted PriorCorrected pipeline
-    reference_is_model: bool  # the search chose the yardstick itself: its row is the model's
-
-
-def fit_comparison(train: Any, valid: Any, loaded: artifacts.LoadedModel) -> Comparison:
-    """The seed recipe on the search's rows and the untuned yardstick on the final model's rows.
-
-    The rows are drawn as the train stage drew them, with the seed, ``sample_rows`` and
-    ``refit_on`` that ``model.json`` records (pandas or dask frames, as in training).
-    """
-    params = loaded.metadata["params"]
-    seed = int(params["seed"])
-    fit, refit = training.model_rows(train, valid, refit_on=params["refit_on"], sample_rows=params["sample_rows"],
-                                     seed=seed)
-    seed_method = baseline.fit_seed_baseline(fit.frame, seed)
-    if loaded.metadata["candidate"] == modeling.REFERENCE:
-        return Comparison(seed_method, loaded.model, True)
-    reference = modeling.refit(modeling.make_pipeline("hist_gb", "none", seed=seed), refit.frame,
-                               legit_fraction=refit.legit_fraction)
-    return Comparison(seed_method, reference, False)
 
 
 def margin_summary(model_name: str, test_auprc: float, reference_auprc: float) -> str:

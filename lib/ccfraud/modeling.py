@@ -239,6 +239,7 @@ class SearchResult:
     cv_auprc_mean: float
     cv_auprc_std: float
     fit_seconds: float
+    #: Its fits' seconds added up (they run side by side with the other candidates' fits).
     search_seconds: float
     n_configs: int
     table: pd.DataFrame = field(repr=False)
@@ -280,18 +281,46 @@ def with_reference(candidates: dict[str, dict[str, Any]]) -> dict[str, dict[str,
 
 
 def _fit_and_score(base: BaseEstimator, params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
-                   test: np.ndarray, scorer: Callable[..., float], index: int,
-                   fold: int) -> tuple[int, int, float, float]:
+                   test: np.ndarray, scorer: Callable[..., float], key: tuple[int, int],
+                   fold: int) -> tuple[tuple[int, int], int, float, float]:
     """Fit one configuration on one fold's training rows and score it on the fold's held-out rows."""
     started = time.perf_counter()
     estimator = clone(base).set_params(**params).fit(X.iloc[train], y[train])
     seconds = time.perf_counter() - started
-    return index, fold, float(scorer(estimator, X.iloc[test], y[test])), seconds
+    return key, fold, float(scorer(estimator, X.iloc[test], y[test])), seconds
 
 
-def search_candidate(
-    name: str,
-    spec: dict[str, Any],
+@dataclass
+class _Grid:
+    """One candidate's grid while it is searched: what to fit, and the scores of the fits done so far."""
+
+    name: str
+    model: str
+    base: PriorCorrected
+    configs: list[dict[str, Any]]
+    scores: np.ndarray
+    fit_times: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, spec: dict[str, Any], folds: int, seed: int, legit_fraction: float) -> _Grid:
+        from sklearn.model_selection import ParameterGrid
+
+        spec = dict(spec)
+        model = spec.pop("model", name)
+        configs = list(ParameterGrid(_grid(spec, seed)))
+        base = make_pipeline(model, "none", seed=seed, legit_fraction=legit_fraction)
+        return cls(name, model, base, configs, np.full((len(configs), folds), np.nan), np.zeros((len(configs), folds)))
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.scores.mean(axis=1)))
+
+    def refit_best(self, X: pd.DataFrame, y: np.ndarray) -> PriorCorrected:
+        return clone(self.base).set_params(**self.configs[self.best]).fit(X, y)
+
+
+def search_all(
+    candidates: dict[str, dict[str, Any]],
     X: pd.DataFrame,
     y,
     *,
@@ -302,84 +331,76 @@ def search_candidate(
     legit_fraction: float = 1.0,
     progress: Callable[[str], None] | None = None,
     every: float = PROGRESS_EVERY,
-) -> SearchResult:
-    """Grid-search one candidate by cross-validated average precision on the train split only.
+) -> list[SearchResult]:
+    """Grid-search every candidate by cross-validated average precision on the train split only; best first.
 
-    What ``GridSearchCV`` does (every configuration on every fold, the best by mean AUPRC refitted
-    on all of ``X``), with a progress line (configuration i of n, fold, elapsed) to ``progress`` as
-    fits finish, at most every ``every`` seconds and always for the last one. Fits run in threads:
-    the trees, the boosting and the linear algebra release the GIL, and no worker process has to
-    start, import and receive the data (the default train stage at load 4: 91 s with worker
-    processes, 59 s with threads, the same model to the bit).
-    ``legit_fraction`` < 1: ``X`` is a sample of the train split with that share of its
-    legitimate rows (every fraud); the scorer and the prior correction account for it.
+    Per candidate, what ``GridSearchCV`` does (every configuration on every fold, the best by mean
+    AUPRC refitted on all of ``X``), but every candidate's fits share one pool of threads, so the
+    cores stay busy from the first fit to the last (one ``GridSearchCV`` per candidate waits for
+    its slowest fold and refits alone: the default train stage's search took 33.6 s that way and
+    XX s pooled, the same models to the bit). Threads, not processes: the trees, the boosting
+    and the linear algebra release the GIL, and no worker process has to start, import and
+    receive the data (91 s with worker processes, 59 s with threads, at load 4).
+    ``progress`` receives a line (candidate, configuration i of n, fold, fits done, elapsed) as
+    fits finish, at most every ``every`` seconds and always for the last, and one line per
+    candidate once its grid is done. ``legit_fraction`` < 1: ``X`` is a sample of the train
+    split with that share of its legitimate rows (every fraud); the scorer and the prior
+    correction account for it.
     """
     from joblib import Parallel, delayed
     from sklearn.metrics import get_scorer
-    from sklearn.model_selection import ParameterGrid
 
-    spec = dict(spec)
-    model = spec.pop("model", name)
-    base = make_pipeline(model, "none", seed=seed, legit_fraction=legit_fraction)
-    configs = list(ParameterGrid(_grid(spec, seed)))
+    if not candidates:
+        raise ValueError("no candidates to train: params.yaml train.candidates is empty")
+    grids = [_Grid.of(name, spec or {}, folds, seed, legit_fraction) for name, spec in candidates.items()]
     X = X[schema.FEATURES]
     y = np.asarray(y, dtype=int)
     scoring = auprc_scoring(legit_fraction)
     scorer = get_scorer(scoring) if isinstance(scoring, str) else scoring
     fold_rows = list(cv_splitter(split_strategy, folds, seed).split(X, y))
-    scores = np.full((len(configs), len(fold_rows)), np.nan)
-    fit_times = np.zeros_like(scores)
+    tasks = [delayed(_fit_and_score)(grid.base, params, X, y, train, test, scorer, (number, index), fold)
+             for number, grid in enumerate(grids) for index, params in enumerate(grid.configs)
+             for fold, (train, test) in enumerate(fold_rows)]
+    left = [grid.scores.size for grid in grids]
     started = last_line = time.perf_counter()
-    tasks = (delayed(_fit_and_score)(base, params, X, y, train, test, scorer, index, fold)
-             for index, params in enumerate(configs) for fold, (train, test) in enumerate(fold_rows))
     # One native thread per fit, set once for the process: the fits' threads share it (a limit set
     # and restored inside each task would race with the other threads' fits).
     with one_thread():
-        for done, (index, fold, value, seconds) in enumerate(
-                Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator_unordered")(tasks), start=1):
-            scores[index, fold], fit_times[index, fold] = value, seconds
+        parallel = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator_unordered")
+        for done, ((number, index), fold, value, seconds) in enumerate(parallel(tasks), start=1):
+            grid = grids[number]
+            grid.scores[index, fold], grid.fit_times[index, fold] = value, seconds
+            left[number] -= 1
             now = time.perf_counter()
-            if progress and (now - last_line >= every or done == scores.size):
+            if progress and (now - last_line >= every or done == len(tasks)):
                 last_line = now
-                progress(f"  {name}: configuration {index + 1} of {len(configs)}, fold {fold + 1} of "
-                         f"{len(fold_rows)} (AUPRC {value:.4f}); {done} of {scores.size} fits, {now - started:.0f} s")
-    means, stds = scores.mean(axis=1), scores.std(axis=1)
-    best = int(np.argmax(means))
-    best_estimator = clone(base).set_params(**configs[best]).fit(X, y)
-    table = pd.DataFrame({"candidate": name, "params": [short_params(p) for p in configs],
-                          "cv_auprc_mean": means, "cv_auprc_std": stds, "fit_seconds": fit_times.mean(axis=1)})
-    return SearchResult(
-        name=name,
-        model=model,
-        best_estimator=best_estimator,
-        best_params=configs[best],
-        cv_auprc_mean=float(means[best]),
-        cv_auprc_std=float(stds[best]),
-        fit_seconds=float(fit_times[best].mean()),
-        search_seconds=time.perf_counter() - started,
-        n_configs=len(configs),
-        table=table,
-    )
-
-
-def search_all(candidates: dict[str, dict[str, Any]], X: pd.DataFrame, y, *,
-               progress: Callable[[str], None] | None = None, **kwargs: Any) -> list[SearchResult]:
-    """Search every candidate; the list is sorted best first by CV AUPRC.
-
-    ``progress`` receives a line before and after each candidate (``candidate i of n``) and,
-    while one is searched, its configurations and folds as they finish.
-    """
-    if not candidates:
-        raise ValueError("no candidates to train: params.yaml train.candidates is empty")
+                progress(f"  {grid.name}: configuration {index + 1} of {len(grid.configs)}, fold {fold + 1} of "
+                         f"{len(fold_rows)} (AUPRC {value:.4f}); {done} of {len(tasks)} fits, {now - started:.0f} s")
+            if progress and not left[number]:
+                progress(f"candidate {number + 1} of {len(grids)}: {grid.name} searched, CV AUPRC "
+                         f"{grid.scores.mean(axis=1)[grid.best]:.4f} ({len(grid.configs)} configurations); "
+                         f"{now - started:.0f} s")
+        if progress:
+            progress(f"refitting each candidate's best configuration on all {len(X):,} search rows")
+        fitted = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(grid.refit_best)(X, y) for grid in grids)
     results = []
-    for number, (name, spec) in enumerate(candidates.items(), start=1):
-        label = f"candidate {number} of {len(candidates)}: {name}"
-        if progress:
-            progress(f"{label} ...")
-        results.append(search_candidate(name, spec or {}, X, y, progress=progress, **kwargs))
-        if progress:
-            progress(f"{label} done: CV AUPRC {results[-1].cv_auprc_mean:.4f} "
-                     f"({results[-1].n_configs} configurations, {results[-1].search_seconds:.0f} s)")
+    for grid, best_estimator in zip(grids, fitted, strict=True):
+        means, stds = grid.scores.mean(axis=1), grid.scores.std(axis=1)
+        table = pd.DataFrame({"candidate": grid.name, "params": [short_params(p) for p in grid.configs],
+                              "cv_auprc_mean": means, "cv_auprc_std": stds,
+                              "fit_seconds": grid.fit_times.mean(axis=1)})
+        results.append(SearchResult(
+            name=grid.name,
+            model=grid.model,
+            best_estimator=best_estimator,
+            best_params=grid.configs[grid.best],
+            cv_auprc_mean=float(means[grid.best]),
+            cv_auprc_std=float(stds[grid.best]),
+            fit_seconds=float(grid.fit_times[grid.best].mean()),
+            search_seconds=float(grid.fit_times.sum()),
+            n_configs=len(grid.configs),
+            table=table,
+        ))
     return sorted(results, key=lambda r: r.cv_auprc_mean, reverse=True)
 
 
@@ -421,16 +442,19 @@ def fraud_probability(model: BaseEstimator, frame: pd.DataFrame) -> np.ndarray:
 
 SCORE = "score"
 #: What scoring a labelled split keeps per row: all that metrics, curves and the threshold rules need.
-SCORED_COLUMNS = (schema.TARGET, SCORE, schema.AMOUNT)
+SCORED_COLUMNS = (schema.TARGET, schema.AMOUNT, SCORE)
 
 
-def scored_rows(frame: pd.DataFrame, model: BaseEstimator) -> pd.DataFrame:
-    """Label, P(fraud) and amount of every row of a labelled frame (or partition), in order."""
+def scored_rows(frame: pd.DataFrame, models: dict[str, BaseEstimator]) -> pd.DataFrame:
+    """Label, amount and each model's P(fraud) (a column per key of ``models``) of every row of a labelled
+    frame (or partition), in order: several models scored in one pass over the data."""
+    clash = sorted(set(models) & {schema.TARGET, schema.AMOUNT})
+    if clash:
+        raise ValueError(f"score columns cannot be named {clash}: those columns hold the label and the amount")
     if len(frame) == 0:
-        return pd.DataFrame({schema.TARGET: pd.Series(dtype="int64"), SCORE: pd.Series(dtype="float64"),
-                             schema.AMOUNT: pd.Series(dtype="float64")})
+        return pd.DataFrame({schema.TARGET: pd.Series(dtype="int64"), schema.AMOUNT: pd.Series(dtype="float64"),
+                             **{name: pd.Series(dtype="float64") for name in models}})
     with one_thread():
-        scores = fraud_probability(model, frame)
+        scores = {name: fraud_probability(model, frame) for name, model in models.items()}
     return pd.DataFrame({schema.TARGET: frame[schema.TARGET].to_numpy(dtype="int64"),
-                         SCORE: scores,
-                         schema.AMOUNT: frame[schema.AMOUNT].to_numpy(dtype="float64")})
+                         schema.AMOUNT: frame[schema.AMOUNT].to_numpy(dtype="float64"), **scores})

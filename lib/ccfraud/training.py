@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ccfraud import artifacts, atomicio, evaluation, modeling, preprocess, progress, schema, summaries
+from ccfraud import artifacts, atomicio, comparison, evaluation, modeling, preprocess, progress, schema, summaries
 from ccfraud.modeling import SearchResult
 
 #: The splits the train stage reads; the test split is the evaluate stage's alone.
@@ -118,18 +118,24 @@ def draw_training_sample(frame: Any, sample_rows: int | None, seed: int) -> Trai
     return TrainingSample(drawn, legit_kept / counts.legits if fraction < 1.0 else 1.0, counts.rows, counts.frauds)
 
 
-def score(model: Any, frame: Any, label: str = "scoring") -> pd.DataFrame:
-    """(Class, score, Amount) of every row of a labelled split; on the workers, partition by partition, for dask.
+def score_models(models: dict[str, Any], frame: Any, label: str = "scoring") -> pd.DataFrame:
+    """Class, Amount and each model's score (a column per key of ``models``) of every row of a labelled split.
 
-    The fitted model is shipped to the workers once; only these three columns come back.
+    One pass over the split for all the models: on the workers, partition by partition, for a
+    dask frame, the fitted models shipped once; only these columns come back.
     """
     if not summaries.is_partitioned(frame):
-        return modeling.scored_rows(frame, model)
+        return modeling.scored_rows(frame, models)
     import dask
 
-    shipped = dask.delayed(model, pure=False)
+    shipped = dask.delayed(models, pure=False, traverse=False)
     parts = [dask.delayed(modeling.scored_rows)(part, shipped) for part in frame.to_delayed()]
     return pd.concat(progress.compute(parts, f"{label} ({len(parts)} partitions)"), ignore_index=True)
+
+
+def score(model: Any, frame: Any, label: str = "scoring") -> pd.DataFrame:
+    """(Class, Amount, score) of every row of a labelled split (:func:`score_models` with one model)."""
+    return score_models({modeling.SCORE: model}, frame, label)
 
 
 def model_rows(train: Any, valid: Any, *, refit_on: str, sample_rows: int | None,
@@ -201,18 +207,18 @@ def select_model(
     results = modeling.search_all(modeling.with_reference(candidates), fit.frame, fit.frame[schema.TARGET],
                                   split_strategy=split_strategy, folds=cv_folds, seed=seed, n_jobs=n_jobs,
                                   legit_fraction=fit.legit_fraction, progress=say)
-    scored = {}
+    scored = score_models({result.name: result.best_estimator for result in results}, valid,
+                          f"scoring the {len(results)} candidates on the validation split")
+    valid_labels, valid_amounts = scored[schema.TARGET], scored[schema.AMOUNT]
     for result in results:
-        scored[result.name] = score(result.best_estimator, valid, f"scoring {result.name} on the validation split")
-        result.valid_auprc = evaluation.auprc(scored[result.name][schema.TARGET], scored[result.name][modeling.SCORE])
+        result.valid_auprc = evaluation.auprc(valid_labels, scored[result.name])
     results = sorted(results, key=lambda r: r.valid_auprc, reverse=True)  # stable: CV order on ties
-    valid_scored = scored[results[0].name]
-    valid_labels, valid_scores = valid_scored[schema.TARGET], valid_scored[modeling.SCORE].to_numpy()
+    valid_scores = scored[results[0].name].to_numpy()
     threshold = evaluation.choose_threshold(
         valid_labels, valid_scores, threshold_rule, target_precision=target_precision,
-        target_recall=target_recall, amount=valid_scored[schema.AMOUNT], review_cost=review_cost,
+        target_recall=target_recall, amount=valid_amounts, review_cost=review_cost,
     )
-    valid_metrics = evaluation.evaluate(valid_labels, valid_scores, threshold, amount=valid_scored[schema.AMOUNT],
+    valid_metrics = evaluation.evaluate(valid_labels, valid_scores, threshold, amount=valid_amounts,
                                         review_cost=review_cost, bootstrap=0)
     if say:
         say(f"chosen on the validation split: {results[0].name} (AUPRC {results[0].valid_auprc:.4f}); "
@@ -229,9 +235,17 @@ def search_summary(selection: Selection) -> dict[str, dict[str, Any]]:
             for r in selection.results}
 
 
+def fit_comparison(selection: Selection, seed: int) -> comparison.Comparison:
+    """The seed recipe on the search's rows and the untuned yardstick on the final model's rows (already drawn)."""
+    return comparison.fit(selection.fit_sample.frame, selection.refit_sample.frame,
+                          model_legit_fraction=selection.refit_sample.legit_fraction, chosen=selection.best.name,
+                          seed=seed)
+
+
 def save_model(
     selection: Selection,
     *,
+    compared: comparison.Comparison,
     threshold_rule: str,
     refit_on: str,
     manifest: dict,
@@ -239,11 +253,8 @@ def save_model(
     model_dir: Path,
     processed_dir: Path | None = None,
 ) -> dict:
-    """Save the model with what the evaluate stage and the API need to know about it; return the metadata.
-
-    ``params`` are the train stage's: the evaluate stage draws its comparison models' rows
-    with them (:func:`model_rows`).
-    """
+    """Save the model and its comparison models with what the evaluate stage and the API need to know; return
+    the metadata. ``compared`` (:func:`fit_comparison`) is written first, ``model.json`` last."""
     best, threshold, model = selection.best, selection.threshold, selection.model
     valid = {key: selection.valid_metrics[key] for key in ("auprc", "roc_auc", "precision", "recall", "f1", "alerts")}
     training_data = preprocess.split_digests(Path(processed_dir), TRAIN_SPLITS) if processed_dir is not None else {}
@@ -262,6 +273,7 @@ def save_model(
             "split": manifest,
             "params": params,
             "candidates": search_summary(selection),
+            comparison.METADATA_KEY: comparison.save(compared, model_dir),
             "metrics": {"cv": {"auprc_mean": round(best.cv_auprc_mean, 6), "auprc_std": round(best.cv_auprc_std, 6)},
                         "valid": evaluation.rounded(valid)},
         },

@@ -1,0 +1,112 @@
+"""The models the chosen one is compared with on the test split: fitted by train, scored by evaluate.
+
+Two rows sit next to the model in ``metrics.json``: the seed project's recipe, fitted on the
+search's rows, and the untuned yardstick (:data:`ccfraud.modeling.REFERENCE`), fitted on the
+final model's rows. The train stage holds both sets of rows already, so it fits them there
+and saves them next to the model (``comparison.skops``, its sha256 in ``model.json``); the
+evaluate stage loads them, checked like the model, and scores all three in one pass over the
+test split. The evaluate stage then never reads the train or validation split: it used to
+draw those rows again (two passes over 23 M rows at 100x the data) and refit both models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ccfraud import artifacts, atomicio, baseline, modeling
+
+FILE = "comparison.skops"
+#: The key of ``model.json`` that records the comparison file.
+METADATA_KEY = "comparison"
+
+
+class ComparisonError(artifacts.ArtifactError):
+    """The comparison file is missing, tampered with or not the model's; the message says which."""
+
+
+@dataclass
+class Comparison:
+    """The seed recipe's model and its accuracy claim, and the yardstick (None: the model is the yardstick)."""
+
+    seed_method: Any
+    seed_accuracy_claim: float
+    reference: Any | None
+
+    @property
+    def reference_is_model(self) -> bool:
+        return self.reference is None
+
+
+def fit(search_rows: pd.DataFrame, model_rows: pd.DataFrame, *, model_legit_fraction: float, chosen: str,
+        seed: int) -> Comparison:
+    """The seed recipe on the search's rows; the yardstick on the final model's rows, unless it was chosen.
+
+    ``model_legit_fraction`` is the share of legitimate rows ``model_rows`` kept of its split
+    (the yardstick's prior correction needs it, as the model's did).
+    """
+    seed_method = baseline.fit_seed_baseline(search_rows, seed)
+    reference = None
+    if chosen != modeling.REFERENCE:
+        reference = modeling.refit(modeling.make_pipeline("hist_gb", "none", seed=seed), model_rows,
+                                   legit_fraction=model_legit_fraction)
+    return Comparison(seed_method.model, seed_method.balanced_accuracy_claim, reference)
+
+
+def save(comparison: Comparison, model_dir: Path) -> dict[str, Any]:
+    """Write ``comparison.skops`` (atomically) and return what ``model.json`` records about it."""
+    import skops.io as sio
+
+    payload = sio.dumps({"seed_method": comparison.seed_method, "reference": comparison.reference})
+    atomicio.write_bytes(Path(model_dir) / FILE, payload)
+    return {"file": FILE, "sha256": hashlib.sha256(payload).hexdigest(),
+            "seed_accuracy_claim": round(float(comparison.seed_accuracy_claim), 6),
+            "reference_is_model": comparison.reference is None}
+
+
+def load(model_dir: Path, metadata: dict[str, Any]) -> Comparison:
+    """The comparison models the train stage saved with the model whose ``model.json`` is ``metadata``.
+
+    Refused, with the file named, unless its sha256 is the one ``model.json`` records and every
+    type in it is one :data:`ccfraud.artifacts.ALLOWED_TYPES` lists: the same checks as the model's.
+    """
+    import skops.io as sio
+
+    record = metadata.get(METADATA_KEY)
+    path = Path(model_dir) / FILE
+    if not record:
+        raise ComparisonError(f"{Path(model_dir) / artifacts.METADATA_FILE} records no comparison models: "
+                              "retrain with this version (dvc repro train)")
+    if not path.exists():
+        raise ComparisonError(f"{path} not found (named by {Path(model_dir) / artifacts.METADATA_FILE})")
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != record.get("sha256"):
+        raise ComparisonError(f"{path}: checksum mismatch (model.json says sha256 {record.get('sha256')}, file has "
+                              f"{actual}); it is not this model's comparison file, refusing to load it")
+    artifacts.check_types(data, path)
+    models = sio.loads(data, trusted=sorted(artifacts.ALLOWED_TYPES))
+    return Comparison(models["seed_method"], float(record["seed_accuracy_claim"]), models["reference"])
+
+
+#: Column names of the comparison models' scores next to the model's (:data:`ccfraud.modeling.SCORE`).
+SEED_SCORE, REFERENCE_SCORE = "seed_method_score", "reference_score"
+
+
+def scorers(model: Any, comparison: Comparison) -> dict[str, Any]:
+    """The models to score on the test split in one pass, by the column their scores go to."""
+    models = {modeling.SCORE: model, SEED_SCORE: comparison.seed_method}
+    if comparison.reference is not None:
+        models[REFERENCE_SCORE] = comparison.reference
+    return models
+
+
+def reference_scores(scored: pd.DataFrame) -> Any:
+    """The yardstick's test scores: its own column, or the model's when the model is the yardstick."""
+    column = REFERENCE_SCORE if REFERENCE_SCORE in scored else modeling.SCORE
+    return scored[column].to_numpy()
+
