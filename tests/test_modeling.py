@@ -125,3 +125,24 @@ def test_a_sampled_training_set_multiplies_the_prior_correction(splits):
     np.testing.assert_allclose(corrected / (1 - corrected), drawn.beta_ * raw / (1 - raw), rtol=1e-9)
     with pytest.raises(ValueError, match=r"legit_fraction must be in \(0, 1\]"):
         modeling.make_pipeline("logreg", legit_fraction=0.0).fit(train, y)
+
+
+def test_a_sampling_ratio_the_rows_already_exceed_is_refused_before_any_fit(splits):
+    """Every fraud and few legitimate rows (a small training sample at 100x the data): undersampling to 1:10
+    cannot happen, and the search says so up front, naming the candidate, the ratio and the knobs."""
+    train = splits.train
+    frauds = train[train[schema.TARGET] == 1]
+    sample = pd.concat([frauds, train[train[schema.TARGET] == 0].iloc[: 5 * len(frauds)]]).sort_values(schema.TIME)
+    forest = {"random_forest": {"sampler": ["undersample"], "sampling_ratio": [0.5, 0.1], "n_estimators": [5]}}
+    lines = []
+    with pytest.raises(ValueError, match=r"candidate random_forest: sampling_ratio 0\.1 \(frauds per legitimate row "
+                       r"after RandomUnderSampler\) is below the 0\.2 that the search's rows already have .*"
+                       r"raise train\.sample_rows to at least about"):
+        modeling.search_all(forest, sample, sample[schema.TARGET], folds=2, legit_fraction=0.05,
+                            progress=lines.append)
+    assert lines == []  # refused before the first fit
+    with pytest.raises(ValueError, match=r"give it more legitimate rows$"):  # the whole split: no sample to enlarge
+        modeling.search_all(forest, sample, sample[schema.TARGET], folds=2)
+    ok = modeling.search_all({"random_forest": {**forest["random_forest"], "sampling_ratio": [0.5]}}, sample,
+                             sample[schema.TARGET], folds=2)
+    assert ok[0].n_configs == 1
