@@ -315,3 +315,16 @@ def test_scoring_on_the_cluster_keeps_rows_in_order(processed, dask_client):
     with pytest.raises(ValueError, match=r"cannot be named \['Class'\]"):
         training.score_models({schema.TARGET: model}, in_memory.test)
     np.testing.assert_array_equal(scored[schema.TARGET], in_memory.test[schema.TARGET])
+
+
+def test_a_sample_too_small_for_a_sampling_ratio_is_refused_before_the_search(splits):
+    """The final model's rows hold more frauds than the search's (train + valid): a ratio only they exceed
+    would fail at the refit, after the whole search; it is refused before the search starts."""
+    refit_frauds = int(splits.train[schema.TARGET].sum() + splits.valid[schema.TARGET].sum())
+    forest = {"random_forest": {"sampler": ["undersample"], "sampling_ratio": [0.1], "n_estimators": [5]}}
+    lines = []
+    settings = {**SETTINGS, "candidates": forest, "sample_rows": 9 * refit_frauds, "say": lines.append}
+    with pytest.raises(ValueError, match=r"candidate random_forest: sampling_ratio 0\.1 .* the final model's rows "
+                       r"\(train_valid\) already have .* raise train\.sample_rows to at least about"):
+        training.select_model(splits.train, splits.valid, **settings)
+    assert not any("configuration" in line for line in lines)

@@ -319,33 +319,33 @@ class _Grid:
         return clone(self.base).set_params(**self.configs[self.best]).fit(X, y)
 
 
-def check_sampling_ratios(grids: list[_Grid], y: np.ndarray, fold_rows: list[tuple[np.ndarray, np.ndarray]],
+def check_sampling_ratios(candidates: dict[str, dict[str, Any]], labels: dict[str, Any], *,
                           legit_fraction: float = 1.0) -> None:
-    """Refuse, before any fit, a resampling ratio the rows already exceed (on the whole or on a fold's training rows).
+    """Refuse a resampling ratio that rows the candidates will be fitted on already exceed, before any fit.
 
-    A resampler can only move the fraud-to-legitimate ratio up to its ``sampling_ratio``; rows
-    already past it make imbalanced-learn fail mid-search. That happens when a training sample
-    keeps few legitimate rows per fraud (``train.sample_rows`` small for the data's frauds), so
-    the message names both knobs and the rows the sample would need.
+    ``labels`` maps a description of each set of rows (the search's rows, a fold's training
+    rows, the final model's rows) to their labels. A resampler can only move the
+    fraud-to-legitimate ratio up to its ``sampling_ratio``; rows already past it make
+    imbalanced-learn fail mid-search. That happens when a training sample keeps few legitimate
+    rows per fraud (``train.sample_rows`` small for the data's frauds: the 100x run's forest
+    failed after the sample was drawn), so the message names both knobs and the rows needed.
     """
-    parts = [("the search's rows", np.arange(len(y)))] + [(f"fold {i + 1}'s training rows", train)
-                                                         for i, (train, _) in enumerate(fold_rows)]
-    for grid in grids:
-        for config in grid.configs:
+    for name, spec in candidates.items():
+        for config in _Grid.of(name, spec or {}, 1, 0, 1.0).configs:
             sampler = config.get("estimator__sample")
             ratio = getattr(sampler, "sampling_strategy", None)
             if not isinstance(ratio, float):
                 continue
-            for where, rows in parts:
-                frauds = int(y[rows].sum())
-                legits = len(rows) - frauds
+            for where, y in labels.items():
+                y = np.asarray(y, dtype=int)
+                frauds = int(y.sum())
+                legits = len(y) - frauds
                 if legits and frauds / legits > ratio:
-                    total = int(y.sum())
                     sample = (" (drawn from a larger split: raise train.sample_rows to at least about "
-                              f"{total * (1 + 1 / ratio) * 1.2:,.0f}, every fraud plus {1 / ratio:g} legitimate "
+                              f"{frauds * (1 + 1 / ratio) * 1.2:,.0f}, every fraud plus {1 / ratio:g} legitimate "
                               "rows per fraud and a margin for the folds)" if legit_fraction < 1.0 else "")
                     raise ValueError(
-                        f"candidate {grid.name}: sampling_ratio {ratio:g} (frauds per legitimate row after "
+                        f"candidate {name}: sampling_ratio {ratio:g} (frauds per legitimate row after "
                         f"{type(sampler).__name__}) is below the {frauds / legits:.4g} that {where} already have "
                         f"({frauds:,} frauds, {legits:,} legitimate rows); raise its sampling_ratio or give it more "
                         f"legitimate rows{sample}")
@@ -390,7 +390,9 @@ def search_all(
     scoring = auprc_scoring(legit_fraction)
     scorer = get_scorer(scoring) if isinstance(scoring, str) else scoring
     fold_rows = list(cv_splitter(split_strategy, folds, seed).split(X, y))
-    check_sampling_ratios(grids, y, fold_rows, legit_fraction)
+    check_sampling_ratios(candidates, {"the search's rows": y, **{f"fold {i + 1}'s training rows": y[train]
+                                                                  for i, (train, _) in enumerate(fold_rows)}},
+                          legit_fraction=legit_fraction)
     tasks = [delayed(_fit_and_score)(grid.base, params, X, y, train, test, scorer, (number, index), fold)
              for number, grid in enumerate(grids) for index, params in enumerate(grid.configs)
              for fold, (train, test) in enumerate(fold_rows)]

@@ -204,7 +204,11 @@ def select_model(
     threshold the whole validation split. ``say`` receives progress lines.
     """
     fit, refit = model_rows(train, valid, refit_on=refit_on, sample_rows=sample_rows, seed=seed)
-    results = modeling.search_all(modeling.with_reference(candidates), fit.frame, fit.frame[schema.TARGET],
+    candidates = modeling.with_reference(candidates)
+    # The final model's rows too, before the search: a ratio they exceed would fail only at the refit.
+    modeling.check_sampling_ratios(candidates, {f"the final model's rows ({refit_on})": refit.frame[schema.TARGET]},
+                                   legit_fraction=refit.legit_fraction)
+    results = modeling.search_all(candidates, fit.frame, fit.frame[schema.TARGET],
                                   split_strategy=split_strategy, folds=cv_folds, seed=seed, n_jobs=n_jobs,
                                   legit_fraction=fit.legit_fraction, progress=say)
     scored = score_models({result.name: result.best_estimator for result in results}, valid,
