@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import dask
 import pytest
@@ -40,3 +41,20 @@ def test_compute_on_the_cluster_returns_results_or_the_first_failure(dask_client
     assert progress.compute([dask.delayed(pow)(3, n) for n in range(4)], "powers", every=0.01) == [1, 3, 9, 27]
     with pytest.raises(ValueError, match="partition 3 is broken"):
         progress.compute([dask.delayed(_fail)(n) for n in range(5)], "failing", every=0.01)
+
+
+def test_a_heartbeat_speaks_while_a_long_block_runs_and_stops_with_it():
+    said, spoke = [], threading.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        spoke.set()
+
+    with progress.heartbeat(say, lambda: "still fitting: 3 of 21 fits done", every=0.01):
+        assert spoke.wait(timeout=30)  # the block outlives a beat: at least one line, whenever it comes
+    count = len(said)
+    assert set(said) == {"still fitting: 3 of 21 fits done"}
+    spoke.clear()
+    assert not spoke.wait(timeout=0.1) and len(said) == count  # silent once the block is over
+    with progress.heartbeat(None, lambda: "unused"):  # no progress wanted: no thread, no line
+        pass

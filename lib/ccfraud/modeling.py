@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ccfraud import schema
 from ccfraud.preprocess import SPLIT_STRATEGIES, make_preprocessor
+from ccfraud.progress import heartbeat
 
 MODELS = ("logreg", "random_forest", "hist_gb")
 
@@ -398,11 +399,17 @@ def search_all(
              for fold, (train, test) in enumerate(fold_rows)]
     left = [grid.scores.size for grid in grids]
     started = last_line = time.perf_counter()
+    finished = [0]
+
+    def status() -> str:
+        return f"  still fitting: {finished[0]} of {len(tasks)} fits done, {time.perf_counter() - started:.0f} s"
+
     # One native thread per fit, set once for the process: the fits' threads share it (a limit set
     # and restored inside each task would race with the other threads' fits).
-    with one_thread():
+    with one_thread(), heartbeat(progress, status):
         parallel = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator_unordered")
         for done, ((number, index), fold, value, seconds) in enumerate(parallel(tasks), start=1):
+            finished[0] = done
             grid = grids[number]
             grid.scores[index, fold], grid.fit_times[index, fold] = value, seconds
             left[number] -= 1
@@ -413,7 +420,8 @@ def search_all(
                          f"{len(fold_rows)} (AUPRC {value:.4f}); {done} of {len(tasks)} fits, {now - started:.0f} s")
             if progress and not left[number]:
                 progress(f"candidate {number + 1} of {len(grids)}: {grid.name} searched, CV AUPRC "
-                         f"{grid.scores.mean(axis=1)[grid.best]:.4f} ({len(grid.configs)} configurations); "
+                         f"{grid.scores.mean(axis=1)[grid.best]:.4f} ({len(grid.configs)} configuration"
+                         f"{'s' if len(grid.configs) > 1 else ''}); "
                          f"{now - started:.0f} s")
         if progress:
             progress(f"refitting each candidate's best configuration on all {len(X):,} search rows")

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
 #: Seconds between two "k of n done" lines while waiting on the cluster.
 EVERY_SECONDS = 10.0
+#: Seconds between two "still working" lines while one long task (a fit of minutes) runs.
+HEARTBEAT_SECONDS = 30.0
 
 
 def _write(line: str, stream: TextIO | None) -> None:
@@ -93,6 +96,32 @@ class Parts:
 
     def say(self, text: str) -> None:
         _write(f"{self.prefix}: {text} ({time.perf_counter() - self.started:.1f} s elapsed)", self.stream)
+
+
+@contextmanager
+def heartbeat(say: Callable[[str], None] | None, status: Callable[[], str],
+              every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """While the block runs, ``say(status())`` every ``every`` seconds, from a thread of its own.
+
+    For work whose own progress lines come only as tasks finish: at 100x the data one fit of
+    the search takes minutes, and a user should not watch a silent cell meanwhile.
+    """
+    if say is None:
+        yield
+        return
+    stopped = threading.Event()
+
+    def beat() -> None:
+        while not stopped.wait(every):
+            say(status())
+
+    thread = threading.Thread(target=beat, name="progress-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopped.set()
+        thread.join()
 
 
 def _client() -> Any:
