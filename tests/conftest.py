@@ -129,11 +129,26 @@ def pipeline_run(tmp_path_factory) -> Path:
 PIPELINE_FILES = ("tests/test_pipeline.py", "tests/test_browser.py", "tests/test_dvc_remote.py")
 
 
+#: The longest groups of tests (``--durations``: minutes of pipeline runs, a fuzzer), started first so that
+#: no worker is left running one of them alone at the end while the other waits.
+LONG_FIRST = ("pipeline", "tests/test_pipeline_dask.py", "tests/test_serving_schemathesis.py",
+              "tests/test_batch.py", "tests/test_serving_procfile.py")
+
+
+def _group(nodeid: str) -> str:
+    """The xdist group of a test: the pipeline's files form one, every other file its own."""
+    path = nodeid.split("::", 1)[0]
+    return "pipeline" if path in PIPELINE_FILES else path
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Refuse a test that uses ``pipeline_run`` outside :data:`PIPELINE_FILES` (it would rerun the pipeline)."""
+    """Refuse a test that uses ``pipeline_run`` outside :data:`PIPELINE_FILES` (it would rerun the pipeline);
+    put the :data:`LONG_FIRST` groups first (a stable sort: each file keeps its own order, nbval's cells too)."""
     for item in items:
         if "pipeline_run" in getattr(item, "fixturenames", ()) and item.nodeid.split("::")[0] not in PIPELINE_FILES:
             raise pytest.UsageError(f"{item.nodeid} uses pipeline_run: add its file to conftest.PIPELINE_FILES")
+    rank = {group: number for number, group in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(_group(item.nodeid), len(rank)))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
@@ -145,13 +160,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """
     if config.getvalue("dist") != "loadgroup":
         return None
+    # Groups in collection order, where pytest_collection_modifyitems put the longest first (xdist's default
+    # orders them by their number of tests, which put the two pipeline runs behind a hundred quick tests).
+    config.option.loadscopereorder = False
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupOrFileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            if "@" in nodeid:
-                return nodeid.rsplit("@", 1)[1]
-            path = nodeid.split("::", 1)[0]
-            return "pipeline" if path in PIPELINE_FILES else path
+            return nodeid.rsplit("@", 1)[1] if "@" in nodeid else _group(nodeid)
 
     return GroupOrFileScheduling(config, log)

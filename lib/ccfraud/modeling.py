@@ -371,7 +371,7 @@ def search_all(
     AUPRC refitted on all of ``X``), but every candidate's fits share one pool of threads, so the
     cores stay busy from the first fit to the last (one ``GridSearchCV`` per candidate waits for
     its slowest fold and refits alone: the default train stage's search took 33.6 s that way and
-    XX s pooled, the same models to the bit). Threads, not processes: the trees, the boosting
+    26.4 s pooled on the idle machine, the same models to the bit). Threads, not processes: the trees, the boosting
     and the linear algebra release the GIL, and no worker process has to start, import and
     receive the data (91 s with worker processes, 59 s with threads, at load 4).
     ``progress`` receives a line (candidate, configuration i of n, fold, fits done, elapsed) as
@@ -402,7 +402,9 @@ def search_all(
     finished = [0]
 
     def status() -> str:
-        return f"  still fitting: {finished[0]} of {len(tasks)} fits done, {time.perf_counter() - started:.0f} s"
+        doing = (f"fitting: {finished[0]} of {len(tasks)} fits done" if finished[0] < len(tasks)
+                 else "refitting the best configurations")
+        return f"  still {doing}, {time.perf_counter() - started:.0f} s"
 
     # One native thread per fit, set once for the process: the fits' threads share it (a limit set
     # and restored inside each task would race with the other threads' fits).
