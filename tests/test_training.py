@@ -172,7 +172,8 @@ def test_the_evaluate_stage_writes_what_it_was_given(splits, saved):
     assert confusion["predicted"].tolist() == (scores >= loaded.threshold).astype(int).tolist()
 
 
-def test_the_comparison_models_are_fitted_on_the_models_own_rows_and_saved_with_it(splits, selection, saved):
+def test_the_comparison_models_are_fitted_on_the_models_own_rows_and_saved_with_it(splits, selection, saved,
+                                                                                    tmp_path):
     """The yardstick is the reference configuration refitted on train + valid, as the model was; the seed recipe
     is fitted on the search's rows; the evaluate stage gets both back from the model directory as they were."""
     root, _ = saved
@@ -184,8 +185,11 @@ def test_the_comparison_models_are_fitted_on_the_models_own_rows_and_saved_with_
     assert list(scored.columns) == [schema.TARGET, schema.AMOUNT, modeling.SCORE, comparison.SEED_SCORE]
     np.testing.assert_array_equal(comparison.reference_scores(scored), scored[modeling.SCORE])
     # Had another candidate won, the yardstick is the reference configuration refitted on the model's rows.
-    other = comparison.fit(selection.fit_sample.frame, selection.refit_sample.frame, model_legit_fraction=1.0,
-                           chosen="logreg", seed=SETTINGS["seed"])
+    fitted = comparison.fit(selection.fit_sample.frame, selection.refit_sample.frame, model_legit_fraction=1.0,
+                            chosen="logreg", seed=SETTINGS["seed"])
+    record = comparison.save(fitted, tmp_path)
+    other = comparison.load(tmp_path, {comparison.METADATA_KEY: record})
+    assert record["versions"]["reference"] == artifacts.behaviour_fingerprint(other.reference)[:12]
     both = pd.concat([splits.train, splits.valid], ignore_index=True)
     expected = modeling.make_pipeline("hist_gb", seed=SETTINGS["seed"]).fit(both, both[schema.TARGET])
     np.testing.assert_array_equal(modeling.fraud_probability(other.reference, splits.test),
@@ -297,14 +301,15 @@ def test_the_cluster_makes_the_same_choices_as_pandas(processed, dask_client):
     assert a.fit_sample.legit_fraction < 1.0 and a.samples() == b.samples()
     assert a.threshold == b.threshold
     np.testing.assert_array_equal(a.valid_scores, b.valid_scores)
-    pd.testing.assert_frame_equal(training.score(b.model, on_dask.test), training.score(a.model, in_memory.test))
+    pd.testing.assert_frame_equal(training.score_models({modeling.SCORE: b.model}, on_dask.test),
+                                  training.score_models({modeling.SCORE: a.model}, in_memory.test))
 
 
 def test_scoring_on_the_cluster_keeps_rows_in_order(processed, dask_client):
     in_memory, _ = training.load_processed(processed, "pandas")
     on_dask, _ = training.load_processed(processed, "dask")
     model = modeling.make_pipeline("logreg", seed=0).fit(in_memory.train, in_memory.train[schema.TARGET])
-    scored = training.score(model, on_dask.test)
+    scored = training.score_models({modeling.SCORE: model}, on_dask.test)
     assert list(scored.columns) == list(modeling.SCORED_COLUMNS)
     np.testing.assert_array_equal(scored[modeling.SCORE], modeling.fraud_probability(model, in_memory.test))
     # Several models in one pass over the split: each column is that model's scores, on either engine.

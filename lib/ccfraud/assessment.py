@@ -85,7 +85,7 @@ def margin_summary(model_name: str, test_auprc: float, reference_auprc: float) -
 
 
 def rows_at(frame: Any, positions: np.ndarray) -> pd.DataFrame:
-    """The rows of a split at ``positions`` (in the order :func:`training.score` returns its rows), in that order.
+    """The rows of a split at ``positions`` (in :func:`training.score_models`'s row order), in that order.
 
     For the reason codes of the top alerts and an importance sample: with the dask engine
     only the partitions holding those rows are read, one at a time, and only the rows

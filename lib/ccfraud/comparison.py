@@ -63,9 +63,12 @@ def save(comparison: Comparison, model_dir: Path) -> dict[str, Any]:
 
     payload = sio.dumps({"seed_method": comparison.seed_method, "reference": comparison.reference})
     atomicio.write_bytes(Path(model_dir) / FILE, payload)
-    return {"file": FILE, "sha256": hashlib.sha256(payload).hexdigest(),
-            "seed_accuracy_claim": round(float(comparison.seed_accuracy_claim), 6),
-            "reference_is_model": comparison.reference is None}
+    # What each model does, as model_version is for the model: the file's bytes differ from save to save.
+    versions = {"seed_method": artifacts.behaviour_fingerprint(comparison.seed_method)[:12],
+                "reference": None if comparison.reference is None
+                else artifacts.behaviour_fingerprint(comparison.reference)[:12]}
+    return {"sha256": hashlib.sha256(payload).hexdigest(),
+            "seed_accuracy_claim": round(float(comparison.seed_accuracy_claim), 6), "versions": versions}
 
 
 def load(model_dir: Path, metadata: dict[str, Any]) -> Comparison:
@@ -78,9 +81,10 @@ def load(model_dir: Path, metadata: dict[str, Any]) -> Comparison:
 
     record = metadata.get(METADATA_KEY)
     path = Path(model_dir) / FILE
-    if not record:
-        raise ComparisonError(f"{Path(model_dir) / artifacts.METADATA_FILE} records no comparison models: "
-                              "retrain with this version (dvc repro train)")
+    if not record or not {"sha256", "seed_accuracy_claim"} <= set(record):
+        raise ComparisonError(f"{Path(model_dir) / artifacts.METADATA_FILE} records no comparison models "
+                              f"(its '{METADATA_KEY}' entry is missing or incomplete): retrain with this version "
+                              "(dvc repro train)")
     if not path.exists():
         raise ComparisonError(f"{path} not found (named by {Path(model_dir) / artifacts.METADATA_FILE})")
     data = path.read_bytes()

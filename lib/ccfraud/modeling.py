@@ -8,6 +8,7 @@ resampling never touches a validation fold or the test split.
 from __future__ import annotations
 
 import functools
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -288,7 +289,9 @@ def _fit_and_score(base: BaseEstimator, params: dict[str, Any], X: pd.DataFrame,
     started = time.perf_counter()
     estimator = clone(base).set_params(**params).fit(X.iloc[train], y[train])
     seconds = time.perf_counter() - started
-    return key, fold, float(scorer(estimator, X.iloc[test], y[test])), seconds
+    with one_thread():  # OpenMP's limit is per calling thread: this task's scoring sets its own
+        score = float(scorer(estimator, X.iloc[test], y[test]))
+    return key, fold, score, seconds
 
 
 @dataclass
@@ -321,7 +324,7 @@ class _Grid:
 
 
 def check_sampling_ratios(candidates: dict[str, dict[str, Any]], labels: dict[str, Any], *,
-                          legit_fraction: float = 1.0) -> None:
+                          legit_fraction: float = 1.0, sample_rows: int | None = None) -> None:
     """Refuse a resampling ratio that rows the candidates will be fitted on already exceed, before any fit.
 
     ``labels`` maps a description of each set of rows (the search's rows, a fold's training
@@ -329,22 +332,26 @@ def check_sampling_ratios(candidates: dict[str, dict[str, Any]], labels: dict[st
     fraud-to-legitimate ratio up to its ``sampling_ratio``; rows already past it make
     imbalanced-learn fail mid-search. That happens when a training sample keeps few legitimate
     rows per fraud (``train.sample_rows`` small for the data's frauds: the 100x run's forest
-    failed after the sample was drawn), so the message names both knobs and the rows needed.
+    failed after the sample was drawn), so the message names both knobs and, from ``sample_rows``
+    (the sample's size now), the size that would bring the offending rows under the ratio.
     """
     for name, spec in candidates.items():
         for config in _Grid.of(name, spec or {}, 1, 0, 1.0).configs:
             sampler = config.get("estimator__sample")
             ratio = getattr(sampler, "sampling_strategy", None)
-            if not isinstance(ratio, float):
-                continue
+            if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool):
+                continue  # "auto", a dict: imbalanced-learn's own forms, not ours
             for where, y in labels.items():
                 y = np.asarray(y, dtype=int)
                 frauds = int(y.sum())
                 legits = len(y) - frauds
                 if legits and frauds / legits > ratio:
-                    sample = (" (drawn from a larger split: raise train.sample_rows to at least about "
-                              f"{frauds * (1 + 1 / ratio) * 1.2:,.0f}, every fraud plus {1 / ratio:g} legitimate "
-                              "rows per fraud and a margin for the folds)" if legit_fraction < 1.0 else "")
+                    # Legitimate rows dominate a sample: scaling it by how far these rows are past the ratio
+                    # (with a margin for the folds) brings them under it.
+                    needed = (sample_rows or len(y)) * (frauds / legits) / ratio * 1.2
+                    sample = (f" (drawn from a larger split: raise train.sample_rows to at least about {needed:,.0f},"
+                              f" every fraud plus {1 / ratio:g} legitimate rows per fraud and a margin for the folds)"
+                              if legit_fraction < 1.0 else "")
                     raise ValueError(
                         f"candidate {name}: sampling_ratio {ratio:g} (frauds per legitimate row after "
                         f"{type(sampler).__name__}) is below the {frauds / legits:.4g} that {where} already have "
@@ -393,7 +400,7 @@ def search_all(
     fold_rows = list(cv_splitter(split_strategy, folds, seed).split(X, y))
     check_sampling_ratios(candidates, {"the search's rows": y, **{f"fold {i + 1}'s training rows": y[train]
                                                                   for i, (train, _) in enumerate(fold_rows)}},
-                          legit_fraction=legit_fraction)
+                          legit_fraction=legit_fraction, sample_rows=len(y))
     tasks = [delayed(_fit_and_score)(grid.base, params, X, y, train, test, scorer, (number, index), fold)
              for number, grid in enumerate(grids) for index, params in enumerate(grid.configs)
              for fold, (train, test) in enumerate(fold_rows)]
@@ -406,8 +413,9 @@ def search_all(
                  else "refitting the best configurations")
         return f"  still {doing}, {time.perf_counter() - started:.0f} s"
 
-    # One native thread per fit, set once for the process: the fits' threads share it (a limit set
-    # and restored inside each task would race with the other threads' fits).
+    # One native thread per fit, fits side by side instead: OpenMP's limit is per calling thread, so each
+    # task sets its own (PriorCorrected.fit, the scoring in _fit_and_score); this outer limit keeps the
+    # process-wide pools (BLAS) at one thread whatever the tasks restore when they finish.
     with one_thread(), heartbeat(progress, status):
         parallel = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator_unordered")
         for done, ((number, index), fold, value, seconds) in enumerate(parallel(tasks), start=1):

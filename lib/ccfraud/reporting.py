@@ -24,7 +24,8 @@ def _without_iri_grammar() -> None:
     jupyter-events installs rfc3987-syntax (jsonschema's ``format-nongpl`` extra) and jsonschema
     imports it, if present, to check the ``iri`` formats: compiling its Lark grammar took 1.6 s of
     the 2.5 s ``import papermill`` costs every stage (``python -X importtime``). No notebook
-    schema uses those formats, so this process marks the module absent before nbformat loads.
+    schema uses those formats, so this process marks the module absent, for the rest of its life,
+    before nbformat loads (in a test process, jsonschema then checks no ``iri`` format either).
     """
     sys.modules.setdefault("rfc3987_syntax", None)
 

@@ -133,17 +133,12 @@ def score_models(models: dict[str, Any], frame: Any, label: str = "scoring") -> 
     return pd.concat(progress.compute(parts, f"{label} ({len(parts)} partitions)"), ignore_index=True)
 
 
-def score(model: Any, frame: Any, label: str = "scoring") -> pd.DataFrame:
-    """(Class, Amount, score) of every row of a labelled split (:func:`score_models` with one model)."""
-    return score_models({modeling.SCORE: model}, frame, label)
-
-
 def model_rows(train: Any, valid: Any, *, refit_on: str, sample_rows: int | None,
                seed: int) -> tuple[TrainingSample, TrainingSample]:
     """The rows the search learns from (drawn from train) and the rows the final model learns from.
 
-    One rule for both stages: the evaluate stage fits its comparison models (the seed recipe, the
-    untuned yardstick) on exactly these rows, from the parameters ``model.json`` records.
+    The comparison models (the seed recipe, the untuned yardstick) are fitted on exactly these rows
+    too, by :func:`fit_comparison`, while the train stage holds them.
     """
     fit = draw_training_sample(train, sample_rows, seed)
     refit = draw_training_sample(refit_rows(train, valid, refit_on), sample_rows, seed)
@@ -207,7 +202,7 @@ def select_model(
     candidates = modeling.with_reference(candidates)
     # The final model's rows too, before the search: a ratio they exceed would fail only at the refit.
     modeling.check_sampling_ratios(candidates, {f"the final model's rows ({refit_on})": refit.frame[schema.TARGET]},
-                                   legit_fraction=refit.legit_fraction)
+                                   legit_fraction=refit.legit_fraction, sample_rows=len(refit.frame))
     results = modeling.search_all(candidates, fit.frame, fit.frame[schema.TARGET],
                                   split_strategy=split_strategy, folds=cv_folds, seed=seed, n_jobs=n_jobs,
                                   legit_fraction=fit.legit_fraction, progress=say)
