@@ -43,8 +43,27 @@ def dask_client() -> Iterator[Any]:
 
 
 def restore_workers(client: Any, timeout: float = 60) -> None:
-    """Wait until the cluster has its workers again (the nannies restart killed ones)."""
-    client.wait_for_workers(CLUSTER_OPTIONS["n_workers"], timeout=timeout)
+    """Wait until the cluster has exactly its workers again, every one answering.
+
+    The nannies restart killed workers; until the scheduler has also forgotten a dead one, it
+    still lists it (three workers, one of them unreachable), and the next test's ``client.run``
+    would reach for it. A wait for a state, not a pause: it returns as soon as the state holds.
+    """
+    import time
+
+    wanted = CLUSTER_OPTIONS["n_workers"]
+    client.wait_for_workers(wanted, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = set(client.scheduler_info()["workers"])
+        answering = {address for address, pid in client.run(os.getpid, on_error="ignore").items()
+                     if isinstance(pid, int)}
+        if len(listed) == wanted and answering == listed:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the cluster did not get back to {wanted} answering workers in {timeout:g} s: "
+                               f"listed {sorted(listed)}, answering {sorted(answering)}")
+        time.sleep(0.05)
 
 
 class KillOnStart(WorkerPlugin):
