@@ -294,6 +294,15 @@ def _fit_and_score(base: BaseEstimator, params: dict[str, Any], X: pd.DataFrame,
     return key, fold, score, seconds
 
 
+def _configurations(name: str, spec: dict[str, Any], seed: int) -> tuple[str, list[dict[str, Any]]]:
+    """A params.yaml candidate spec as (classifier name, every configuration of its grid)."""
+    from sklearn.model_selection import ParameterGrid
+
+    spec = dict(spec or {})
+    model = spec.pop("model", name)
+    return model, list(ParameterGrid(_grid(spec, seed)))
+
+
 @dataclass
 class _Grid:
     """One candidate's grid while it is searched: what to fit, and the scores of the fits done so far."""
@@ -307,11 +316,7 @@ class _Grid:
 
     @classmethod
     def of(cls, name: str, spec: dict[str, Any], folds: int, seed: int, legit_fraction: float) -> _Grid:
-        from sklearn.model_selection import ParameterGrid
-
-        spec = dict(spec)
-        model = spec.pop("model", name)
-        configs = list(ParameterGrid(_grid(spec, seed)))
+        model, configs = _configurations(name, spec, seed)
         base = make_pipeline(model, "none", seed=seed, legit_fraction=legit_fraction)
         return cls(name, model, base, configs, np.full((len(configs), folds), np.nan), np.zeros((len(configs), folds)))
 
@@ -336,7 +341,7 @@ def check_sampling_ratios(candidates: dict[str, dict[str, Any]], labels: dict[st
     (the sample's size now), the size that would bring the offending rows under the ratio.
     """
     for name, spec in candidates.items():
-        for config in _Grid.of(name, spec or {}, 1, 0, 1.0).configs:
+        for config in _configurations(name, spec, 0)[1]:
             sampler = config.get("estimator__sample")
             ratio = getattr(sampler, "sampling_strategy", None)
             if not isinstance(ratio, numbers.Real) or isinstance(ratio, bool):
