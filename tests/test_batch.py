@@ -427,6 +427,9 @@ def test_the_benchmark_reports_rate_and_memory_of_each_worker_and_the_client(log
     figures = bench.run(dask_client, logreg_model_dir, str(tmp_path / "in"), str(tmp_path / "out"), sample_seconds=0.05)
     assert figures["rows"] == len(transactions) and figures["partitions"] == 2 and figures["rows_per_second"] > 0
     assert set(figures["workers"]) == set(dask_client.scheduler_info()["workers"])
-    assert all(memory["sampled_peak_mib"] > 0 and memory["high_water_mib"] >= memory["sampled_peak_mib"]
+    # The high-water mark is at least every sample, within a MiB: each figure is rounded to MiB from RSS
+    # counters the kernel keeps per CPU and sums approximately, read at different moments.
+    assert all(memory["sampled_peak_mib"] > 0 and memory["high_water_mib"] >= memory["sampled_peak_mib"] - 1
                for memory in figures["workers"].values())
-    assert figures["client"]["high_water_mib"] >= figures["client"]["sampled_peak_mib"] > 0
+    assert figures["client"]["high_water_mib"] >= figures["client"]["sampled_peak_mib"] - 1
+    assert figures["client"]["sampled_peak_mib"] > 0
