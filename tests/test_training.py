@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -122,8 +123,7 @@ def saved(splits, selection, tmp_path_factory):
     preprocess.write_splits(splits, processed, partition_rows=10_000)
     preprocess.write_manifest(processed, preprocess.split_facts(splits), strategy="time")
     params = {"seed": SETTINGS["seed"], "sample_rows": None, "refit_on": "train_valid", "review_cost": 5.0}
-    compared = training.fit_comparison(selection, SETTINGS["seed"])
-    meta = training.save_model(selection, compared=compared, threshold_rule="max_f1", refit_on="train_valid",
+    meta = training.save_model(selection, threshold_rule="max_f1", refit_on="train_valid",
                                manifest={"split": "time"}, params=params, model_dir=root / "models",
                                processed_dir=processed)
     training.write_threshold_plot(root / "reports", selection)
@@ -185,8 +185,9 @@ def test_the_comparison_models_are_fitted_on_the_models_own_rows_and_saved_with_
     assert list(scored.columns) == [schema.TARGET, schema.AMOUNT, modeling.SCORE, comparison.SEED_SCORE]
     np.testing.assert_array_equal(comparison.reference_scores(scored), scored[modeling.SCORE])
     # Had another candidate won, the yardstick is the reference configuration refitted on the model's rows.
-    fitted = comparison.fit(selection.fit_sample.frame, selection.refit_sample.frame, model_legit_fraction=1.0,
-                            chosen="logreg", seed=SETTINGS["seed"])
+    with ThreadPoolExecutor(max_workers=2) as beside:
+        fitted = comparison.start(beside, selection.fit_sample.frame, selection.refit_sample.frame,
+                                  model_legit_fraction=1.0, seed=SETTINGS["seed"]).result(chosen="logreg")
     record = comparison.save(fitted, tmp_path)
     other = comparison.load(tmp_path, {comparison.METADATA_KEY: record})
     assert record["versions"]["reference"] == artifacts.behaviour_fingerprint(other.reference)[:12]

@@ -38,9 +38,8 @@ def write_demo_run(seed: int = 0) -> tuple[Path, Path]:
         target_recall=0.8, review_cost=params["review_cost"], refit_on=params["refit_on"], n_jobs=1,
     )
     model_dir = Path(tempfile.mkdtemp(prefix="ccfraud-model-"))
-    training.save_model(selection, compared=training.fit_comparison(selection, seed), threshold_rule="max_f1",
-                        refit_on=params["refit_on"], manifest=manifest, params=params, model_dir=model_dir,
-                        processed_dir=processed_dir)
+    training.save_model(selection, threshold_rule="max_f1", refit_on=params["refit_on"], manifest=manifest,
+                        params=params, model_dir=model_dir, processed_dir=processed_dir)
     return processed_dir, model_dir
 
 

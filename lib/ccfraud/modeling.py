@@ -7,6 +7,7 @@ resampling never touches a validation fold or the test split.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 import time
@@ -137,6 +138,25 @@ def correct_probability(p_sampled: np.ndarray, beta: float) -> np.ndarray:
     return np.clip(beta * p_sampled / ((beta - 1.0) * p_sampled + 1.0), 0.0, 1.0)
 
 
+@contextlib.contextmanager
+def _forest_jobs(pipeline: Pipeline, threads: int | None):
+    """Let a forest in ``pipeline`` build its trees on ``threads`` threads (None: all cores) for one fit.
+
+    Its ``n_jobs`` is put back afterwards, so the fitted model (and its saved file) is what a
+    one-thread fit gives.
+    """
+    model = pipeline.named_steps.get("model")
+    if threads == 1 or not isinstance(model, RandomForestClassifier):
+        yield
+        return
+    configured = model.n_jobs
+    model.n_jobs = -1 if threads is None else threads
+    try:
+        yield
+    finally:
+        model.n_jobs = configured
+
+
 class PriorCorrected(ClassifierMixin, BaseEstimator):
     """A pipeline whose fraud probabilities are corrected for the resampling it trained on.
 
@@ -153,7 +173,15 @@ class PriorCorrected(ClassifierMixin, BaseEstimator):
         self.estimator = estimator
         self.legit_fraction = legit_fraction
 
-    def fit(self, X: pd.DataFrame, y) -> PriorCorrected:
+    def fit(self, X: pd.DataFrame, y, *, threads: int | None = 1) -> PriorCorrected:
+        """Fit the pipeline and its prior correction.
+
+        ``threads``: the native threads (OpenMP, BLAS) and forest jobs this fit may use. 1 (the
+        default) when fits run side by side, one per core (the search); None for all cores when
+        one fit runs alone (the final model, refitted while nothing else is left to fit). The
+        fitted model is the same either way: a forest draws every tree's seed before building
+        any, and the boosting sums each feature's histogram in one thread.
+        """
         if not 0.0 < self.legit_fraction <= 1.0:
             raise ValueError(f"legit_fraction must be in (0, 1], got {self.legit_fraction!r}")
         y = np.asarray(y, dtype=int)
@@ -161,8 +189,11 @@ class PriorCorrected(ClassifierMixin, BaseEstimator):
         n_legit = len(y) - n_fraud
         if n_fraud == 0 or n_legit == 0:
             raise ValueError(f"training needs both classes, got {n_legit} legitimate and {n_fraud} fraud rows")
-        with one_thread():
-            self.estimator_ = clone(self.estimator).fit(X[schema.FEATURES], y)
+        from threadpoolctl import threadpool_limits
+
+        estimator = clone(self.estimator)
+        with threadpool_limits(limits=threads), _forest_jobs(estimator, threads):
+            self.estimator_ = estimator.fit(X[schema.FEATURES], y)
         self.beta_ = float(prior_shift_beta(self.estimator_, n_legit, n_fraud)) * float(self.legit_fraction)
         self.classes_ = np.array([0, 1])
         self.feature_names_in_ = np.array(schema.FEATURES, dtype=object)
@@ -481,16 +512,18 @@ def candidates_table(results: list[SearchResult]) -> pd.DataFrame:
     )
 
 
-def refit(estimator: BaseEstimator, frame: pd.DataFrame, legit_fraction: float | None = None) -> BaseEstimator:
+def refit(estimator: PriorCorrected, frame: pd.DataFrame, legit_fraction: float | None = None, *,
+          threads: int | None = 1) -> PriorCorrected:
     """A fresh copy of a chosen configuration fitted on ``frame`` (features and Class).
 
     ``legit_fraction``: the share of legitimate rows ``frame`` kept of the rows it was drawn
-    from (a :class:`PriorCorrected` corrects for it); None keeps the estimator's own.
+    from (the prior correction accounts for it); None keeps the estimator's own. ``threads``:
+    see :meth:`PriorCorrected.fit` (None: all cores, for a fit that runs alone).
     """
     fresh = clone(estimator)
     if legit_fraction is not None:
         fresh.set_params(legit_fraction=legit_fraction)
-    return fresh.fit(frame, frame[schema.TARGET])
+    return fresh.fit(frame, frame[schema.TARGET], threads=threads)
 
 
 def fraud_probability(model: BaseEstimator, frame: pd.DataFrame) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def model_rows(train: Any, valid: Any, *, refit_on: str, sample_rows: int | None
     """The rows the search learns from (drawn from train) and the rows the final model learns from.
 
     The comparison models (the seed recipe, the untuned yardstick) are fitted on exactly these rows
-    too, by :func:`fit_comparison`, while the train stage holds them.
+    too, beside the search (:func:`select_model`), while the train stage holds them.
     """
     fit = draw_training_sample(train, sample_rows, seed)
     refit = draw_training_sample(refit_rows(train, valid, refit_on), sample_rows, seed)
@@ -159,6 +160,8 @@ class Selection:
     refit_frauds: int
     fit_sample: TrainingSample | None = None
     refit_sample: TrainingSample | None = None
+    #: The seed recipe and the yardstick, for the evaluate stage's comparison rows.
+    compared: comparison.Comparison | None = None
 
     @property
     def best(self) -> SearchResult:
@@ -196,13 +199,31 @@ def select_model(
     than the yardstick on the split the choice is made on. Ties keep the better CV AUPRC.
     ``train`` and ``valid`` are pandas frames or dask frames: the search and the refit use
     a sample of at most about ``sample_rows`` rows (every fraud), the choice and the
-    threshold the whole validation split. ``say`` receives progress lines.
+    threshold the whole validation split. ``say`` receives progress lines. The comparison models
+    (:mod:`ccfraud.comparison`) are fitted beside the search, in two threads of their own.
     """
     fit, refit = model_rows(train, valid, refit_on=refit_on, sample_rows=sample_rows, seed=seed)
     candidates = modeling.with_reference(candidates)
     # The final model's rows too, before the search: a ratio they exceed would fail only at the refit.
     modeling.check_sampling_ratios(candidates, {f"the final model's rows ({refit_on})": refit.frame[schema.TARGET]},
                                    legit_fraction=refit.legit_fraction, sample_rows=len(refit.frame))
+    # Leaving the block waits for both comparison fits, also when the search fails (then a few seconds at most).
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="comparison") as beside:
+        pending = comparison.start(beside, fit.frame, refit.frame, model_legit_fraction=refit.legit_fraction,
+                                   seed=seed)
+        selection = _choose_and_refit(fit, refit, valid, candidates, split_strategy=split_strategy, cv_folds=cv_folds,
+                                      seed=seed, n_jobs=n_jobs, threshold_rule=threshold_rule,
+                                      target_precision=target_precision, target_recall=target_recall,
+                                      review_cost=review_cost, say=say)
+        selection.compared = pending.result(selection.best.name)
+    return selection
+
+
+def _choose_and_refit(fit: TrainingSample, refit: TrainingSample, valid: Any, candidates: dict[str, dict[str, Any]],
+                      *, split_strategy: str, cv_folds: int, seed: int, n_jobs: int, threshold_rule: str,
+                      target_precision: float, target_recall: float, review_cost: float,
+                      say: Callable[[str], None] | None) -> Selection:
+    """The search on ``fit``, the choice and the threshold on ``valid``, the chosen model refitted on ``refit``."""
     results = modeling.search_all(candidates, fit.frame, fit.frame[schema.TARGET],
                                   split_strategy=split_strategy, folds=cv_folds, seed=seed, n_jobs=n_jobs,
                                   legit_fraction=fit.legit_fraction, progress=say)
@@ -222,7 +243,8 @@ def select_model(
     if say:
         say(f"chosen on the validation split: {results[0].name} (AUPRC {results[0].valid_auprc:.4f}); "
             f"refitting on {len(refit.frame):,} rows")
-    model = modeling.refit(results[0].best_estimator, refit.frame, legit_fraction=refit.legit_fraction)
+    # The last candidate fit, alone but for the comparison fits: on all cores (the same model as on one).
+    model = modeling.refit(results[0].best_estimator, refit.frame, legit_fraction=refit.legit_fraction, threads=None)
     return Selection(results, threshold, valid_scores, evaluation.curves(valid_labels, valid_scores),
                      valid_metrics, model, len(refit.frame), int(refit.frame[schema.TARGET].sum()), fit, refit)
 
@@ -234,17 +256,9 @@ def search_summary(selection: Selection) -> dict[str, dict[str, Any]]:
             for r in selection.results}
 
 
-def fit_comparison(selection: Selection, seed: int) -> comparison.Comparison:
-    """The seed recipe on the search's rows and the untuned yardstick on the final model's rows (already drawn)."""
-    return comparison.fit(selection.fit_sample.frame, selection.refit_sample.frame,
-                          model_legit_fraction=selection.refit_sample.legit_fraction, chosen=selection.best.name,
-                          seed=seed)
-
-
 def save_model(
     selection: Selection,
     *,
-    compared: comparison.Comparison,
     threshold_rule: str,
     refit_on: str,
     manifest: dict,
@@ -253,7 +267,7 @@ def save_model(
     processed_dir: Path | None = None,
 ) -> dict:
     """Save the model and its comparison models with what the evaluate stage and the API need to know; return
-    the metadata. ``compared`` (:func:`fit_comparison`) is written first, ``model.json`` last."""
+    the metadata. The comparison models are written first, ``model.json`` last."""
     best, threshold, model = selection.best, selection.threshold, selection.model
     valid = {key: selection.valid_metrics[key] for key in ("auprc", "roc_auc", "precision", "recall", "f1", "alerts")}
     training_data = preprocess.split_digests(Path(processed_dir), TRAIN_SPLITS) if processed_dir is not None else {}
@@ -272,7 +286,7 @@ def save_model(
             "split": manifest,
             "params": params,
             "candidates": search_summary(selection),
-            comparison.METADATA_KEY: comparison.save(compared, model_dir),
+            comparison.METADATA_KEY: comparison.save(selection.compared, model_dir),
             "metrics": {"cv": {"auprc_mean": round(best.cv_auprc_mean, 6), "auprc_std": round(best.cv_auprc_std, 6)},
                         "valid": evaluation.rounded(valid)},
         },
