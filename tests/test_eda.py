@@ -1,5 +1,7 @@
 """The exploratory analysis helpers behind the eda_preprocess report."""
 
+import threading
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,3 +62,21 @@ def test_projections_embed_every_row_and_keep_the_classes_apart(data):
         assert points.shape == (80, 2) and np.isfinite(points).all(), name
         accuracy = cross_val_score(KNeighborsClassifier(5), points, labels, cv=5).mean()
         assert accuracy > 0.65, f"{name}: nearest neighbours on the map agree with the class {accuracy:.0%} of the time"
+
+
+def test_projections_beside_are_the_projections_computed_off_the_calling_thread(data, monkeypatch):
+    subsample = eda.balanced_subsample(data, 40)
+    expected = eda.projections(subsample, seed=3)
+    threads = []
+    real = eda.projections
+
+    def recording(frame, seed):
+        threads.append(threading.current_thread())
+        return real(frame, seed)
+
+    monkeypatch.setattr(eda, "projections", recording)
+    maps = eda.projections_beside(subsample, seed=3).result()
+    assert threads and threads[0] is not threading.current_thread()
+    assert sorted(maps) == sorted(expected)
+    for name, points in maps.items():
+        np.testing.assert_array_equal(points, expected[name])

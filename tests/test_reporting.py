@@ -63,3 +63,19 @@ def test_stage_params_errors_name_the_section(tmp_path):
         cli.load_stage_params("train", params)
     with pytest.raises(SystemExit, match="not found"):
         cli.load_stage_params("train", tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("ends", ["well", "in an error"])
+def test_the_kernel_runs_the_notebooks_exit_handlers_before_its_quick_exit(tmp_path, ends):
+    """The kernel skips its module teardown (reporting.KERNEL_QUICK_EXIT), but only after every exit handler
+    the notebook registered (a Dask cluster's, say) has run."""
+    marker = tmp_path / "handler-ran"
+    body = (f"import atexit, pathlib\natexit.register(pathlib.Path({str(marker)!r}).write_text, 'closed')\n"
+            + ("raise RuntimeError('boom')" if ends != "well" else "print('done')"))
+    write_notebook(tmp_path / "notebooks" / "01_demo.ipynb", body)
+    if ends == "well":
+        reporting.run_stage_notebook("demo", {}, root=tmp_path)
+    else:
+        with pytest.raises(Exception, match="boom"):
+            reporting.run_stage_notebook("demo", {}, root=tmp_path)
+    assert marker.read_text() == "closed"
