@@ -57,12 +57,12 @@ def test_refit_rows_are_train_or_train_plus_valid(splits):
 def test_selection_depends_on_train_and_valid_only(splits, selection):
     """Choices are a function of train and valid: the same inputs give the same model and threshold,
     and changing the validation labels changes the threshold (so valid is really what it is chosen on)."""
-    again = training.select_model(splits.train, splits.valid, **SETTINGS)
+    again = training.select_model(splits.train, splits.valid, **SETTINGS, compare=False)
     assert again.threshold == selection.threshold
     np.testing.assert_array_equal(modeling.fraud_probability(again.model, splits.test),
                                   modeling.fraud_probability(selection.model, splits.test))
     shuffled = splits.valid.assign(Class=np.random.default_rng(0).permutation(splits.valid[schema.TARGET]))
-    assert training.select_model(splits.train, shuffled, **SETTINGS).threshold != selection.threshold
+    assert training.select_model(splits.train, shuffled, **SETTINGS, compare=False).threshold != selection.threshold
 
 
 def test_final_model_is_refitted_on_train_and_valid(splits, selection):
@@ -76,7 +76,7 @@ def test_the_yardstick_is_a_candidate_and_never_beats_the_choice_on_validation(s
     crippled), the search still picks a model at least as good on the validation split: the reference."""
     crippled = {**SETTINGS, "candidates": {"hist_gb": {"max_iter": [3], "learning_rate": [0.01]},
                                            "logreg": {"sampler": ["none"], "C": [1e-4]}}}
-    selection = training.select_model(splits.train, splits.valid, **crippled)
+    selection = training.select_model(splits.train, splits.valid, **crippled, compare=False)
     by_name = {result.name: result for result in selection.results}
     assert set(by_name) == {"hist_gb", "logreg", modeling.REFERENCE}
     reference = by_name[modeling.REFERENCE]
@@ -143,6 +143,15 @@ def test_the_train_stage_saves_the_model_and_its_choices_without_the_test_split(
     assert "test" not in meta["metrics"]
     threshold = pd.read_csv(root / "reports" / training.THRESHOLD_PLOT)
     assert list(threshold.columns) == ["threshold", "precision", "recall"]
+
+
+def test_a_selection_without_comparison_models_is_not_saved(splits, tmp_path):
+    choice_only = training.select_model(splits.train, splits.valid, **SETTINGS, compare=False)
+    assert choice_only.compared is None
+    with pytest.raises(ValueError, match=r"no comparison models \(select_model\(\.\.\., compare=False\)\)"):
+        training.save_model(choice_only, threshold_rule="max_f1", refit_on="train_valid", manifest={},
+                            params={}, model_dir=tmp_path / "models")
+    assert not (tmp_path / "models").exists()
 
 
 def test_the_evaluate_stage_writes_what_it_was_given(splits, saved):
@@ -293,7 +302,7 @@ def processed(tmp_path_factory):
 
 def test_the_cluster_makes_the_same_choices_as_pandas(processed, dask_client):
     """Splits on the cluster and in memory, the same sample rule: the same model, threshold and test scores."""
-    settings = {**SETTINGS, "sample_rows": 4000}
+    settings = {**SETTINGS, "sample_rows": 4000, "compare": False}
     in_memory, manifest = training.load_processed(processed, "pandas")
     on_dask, _ = training.load_processed(processed, "dask")
     assert manifest["split"] == "time" and on_dask.train.npartitions > 1

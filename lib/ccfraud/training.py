@@ -15,6 +15,7 @@ each row comes back, which is what curves and the threshold need. With the panda
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -189,6 +190,7 @@ def select_model(
     sample_rows: int | None = None,
     n_jobs: int = -1,
     say: Callable[[str], None] | None = None,
+    compare: bool = True,
 ) -> Selection:
     """Search (CV on train), choose the candidate and the threshold (valid), refit: the test split is not an argument.
 
@@ -200,21 +202,25 @@ def select_model(
     ``train`` and ``valid`` are pandas frames or dask frames: the search and the refit use
     a sample of at most about ``sample_rows`` rows (every fraud), the choice and the
     threshold the whole validation split. ``say`` receives progress lines. The comparison models
-    (:mod:`ccfraud.comparison`) are fitted beside the search, in two threads of their own.
+    (:mod:`ccfraud.comparison`) are fitted beside the search, in two threads of their own, unless
+    ``compare`` is False (a caller that wants the choice only: nothing can then be saved).
     """
     fit, refit = model_rows(train, valid, refit_on=refit_on, sample_rows=sample_rows, seed=seed)
     candidates = modeling.with_reference(candidates)
     # The final model's rows too, before the search: a ratio they exceed would fail only at the refit.
     modeling.check_sampling_ratios(candidates, {f"the final model's rows ({refit_on})": refit.frame[schema.TARGET]},
                                    legit_fraction=refit.legit_fraction, sample_rows=len(refit.frame))
+    choose = functools.partial(_choose_and_refit, fit, refit, valid, candidates, split_strategy=split_strategy,
+                               cv_folds=cv_folds, seed=seed, n_jobs=n_jobs, threshold_rule=threshold_rule,
+                               target_precision=target_precision, target_recall=target_recall,
+                               review_cost=review_cost, say=say)
+    if not compare:
+        return choose()
     # Leaving the block waits for both comparison fits, also when the search fails (then a few seconds at most).
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="comparison") as beside:
         pending = comparison.start(beside, fit.frame, refit.frame, model_legit_fraction=refit.legit_fraction,
                                    seed=seed)
-        selection = _choose_and_refit(fit, refit, valid, candidates, split_strategy=split_strategy, cv_folds=cv_folds,
-                                      seed=seed, n_jobs=n_jobs, threshold_rule=threshold_rule,
-                                      target_precision=target_precision, target_recall=target_recall,
-                                      review_cost=review_cost, say=say)
+        selection = choose()
         selection.compared = pending.result(selection.best.name)
     return selection
 
@@ -243,8 +249,9 @@ def _choose_and_refit(fit: TrainingSample, refit: TrainingSample, valid: Any, ca
     if say:
         say(f"chosen on the validation split: {results[0].name} (AUPRC {results[0].valid_auprc:.4f}); "
             f"refitting on {len(refit.frame):,} rows")
-    # The last candidate fit, alone but for the comparison fits: on all cores (the same model as on one).
-    model = modeling.refit(results[0].best_estimator, refit.frame, legit_fraction=refit.legit_fraction, threads=None)
+    # The last candidate fit, alone but for the comparison fits: a forest's trees on all cores (the same model).
+    model = modeling.refit(results[0].best_estimator, refit.frame, legit_fraction=refit.legit_fraction,
+                           forest_jobs=None)
     return Selection(results, threshold, valid_scores, evaluation.curves(valid_labels, valid_scores),
                      valid_metrics, model, len(refit.frame), int(refit.frame[schema.TARGET].sum()), fit, refit)
 
@@ -268,6 +275,9 @@ def save_model(
 ) -> dict:
     """Save the model and its comparison models with what the evaluate stage and the API need to know; return
     the metadata. The comparison models are written first, ``model.json`` last."""
+    if selection.compared is None:
+        raise ValueError("this selection has no comparison models (select_model(..., compare=False)): the evaluate "
+                         "stage needs them; select with compare=True to save a model")
     best, threshold, model = selection.best, selection.threshold, selection.model
     valid = {key: selection.valid_metrics[key] for key in ("auprc", "roc_auc", "precision", "recall", "f1", "alerts")}
     training_data = preprocess.split_digests(Path(processed_dir), TRAIN_SPLITS) if processed_dir is not None else {}
