@@ -95,11 +95,12 @@ def out_dir(tmp_path: Path) -> Path:
     return directory
 
 
-#: The end-to-end run tests the pipeline's mechanics, not the search: a smaller t-SNE and grid
+#: The end-to-end run tests the pipeline's mechanics, not the search: a smaller t-SNE, grid and fold count
 #: (every candidate family still takes part) keep it short. The defaults run in `make pipeline`.
 PIPELINE_TEST_PARAMS = {
     "eda_preprocess": {"balanced_per_class": 100},
     "train": {
+        "cv_folds": 2,
         "candidates": {
             "logreg": {"sampler": ["class_weight"], "C": [1.0]},
             "random_forest": {"sampler": ["undersample"], "sampling_ratio": [0.1], "n_estimators": [40],

@@ -35,7 +35,7 @@ def write_demo_run(seed: int = 0) -> tuple[Path, Path]:
     selection = training.select_model(
         splits.train, splits.valid, candidates={"logreg": {"sampler": ["class_weight"]}},
         split_strategy=manifest["split"], cv_folds=2, seed=seed, threshold_rule="max_f1", target_precision=0.8,
-        target_recall=0.8, review_cost=params["review_cost"], refit_on=params["refit_on"], n_jobs=1,
+        target_recall=0.8, review_cost=params["review_cost"], refit_on=params["refit_on"],
     )
     model_dir = Path(tempfile.mkdtemp(prefix="ccfraud-model-"))
     training.save_model(selection, threshold_rule="max_f1", refit_on=params["refit_on"], manifest=manifest,
