@@ -27,8 +27,10 @@ def test_the_address_comes_from_dask_configuration():
         assert compute.scheduler_address() is None
 
 
-def test_an_unreachable_scheduler_is_an_error_naming_its_address():
-    # Port 9 on loopback (discard): nothing listens there on a test machine.
+def test_an_unreachable_scheduler_is_an_error_naming_its_address(monkeypatch):
+    # Port 9 on loopback (discard): nothing listens there on a test machine. Refused at once, but Dask retries
+    # until the timeout: a short one keeps the test from idling its xdist worker.
+    monkeypatch.setattr(compute, "CONNECT_TIMEOUT", 0.5)
     with dask.config.set({"scheduler-address": "tcp://127.0.0.1:9"}):
         with pytest.raises(compute.ComputeError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
             with compute.dask_client():

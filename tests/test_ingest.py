@@ -97,7 +97,8 @@ def test_bad_synthetic_parameters_commit_nothing(earlier: str):
     assert_unchanged(earlier)
 
 
-def test_an_unreachable_scheduler_is_named_and_nothing_is_written(earlier: str):
+def test_an_unreachable_scheduler_is_named_and_nothing_is_written(earlier: str, monkeypatch):
+    monkeypatch.setattr(compute, "CONNECT_TIMEOUT", 0.5)  # refused at once; Dask retries until the timeout
     with dask.config.set({"scheduler-address": "tcp://127.0.0.1:9"}):
         with pytest.raises(compute.ComputeError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
             ingest.download(SMALL, earlier, engine="dask")

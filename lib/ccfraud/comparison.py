@@ -3,16 +3,16 @@
 Two rows sit next to the model in ``metrics.json``: the seed project's recipe, fitted on the
 search's rows, and the untuned yardstick (:data:`ccfraud.modeling.REFERENCE`), fitted on the
 final model's rows. The train stage holds both sets of rows already, so it fits them there,
-beside its search, and saves them next to the model (``comparison.skops``, its sha256 in ``model.json``); the
-evaluate stage loads them, checked like the model, and scores all three in one pass over the
-test split. The evaluate stage then never reads the train or validation split: it used to
-draw those rows again (two passes over 23 M rows at 100x the data) and refit both models.
+beside its search, and saves them next to the model (``comparison.skops``, its sha256 in
+``model.json``); the evaluate stage loads them, checked like the model, and scores all three in
+one pass over the test split. The evaluate stage then never reads the train or validation split:
+it used to draw those rows again (two passes over 23 M rows at 100x the data) and refit both.
 """
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,24 +43,16 @@ class Comparison:
         return self.reference is None
 
 
+@dataclass
 class Pending:
-    """The comparison models being fitted in two background threads while the search runs.
+    """The comparison models being fitted in background threads while the search runs (:func:`start`)."""
 
-    Neither depends on the search: the seed recipe learns from the search's rows, the yardstick
-    from the final model's. Fitted beside the search's own fits, they take no wall time of their
-    own on an idle core (the default train stage spent 2.9 s fitting them after the search).
-    """
-
-    def __init__(self, executor: Executor, search_rows: pd.DataFrame, model_rows: pd.DataFrame, *,
-                 model_legit_fraction: float, seed: int):
-        self._seed_method = executor.submit(baseline.fit_seed_baseline, search_rows, seed)
-        self._reference = executor.submit(modeling.refit, modeling.make_pipeline("hist_gb", "none", seed=seed),
-                                          model_rows, legit_fraction=model_legit_fraction)
+    seed_method: Future[baseline.SeedBaseline]
+    reference: Future[Any]
 
     def result(self, chosen: str) -> Comparison:
         """Wait for both fits; the yardstick is dropped when it is the chosen model (the model then stands for it)."""
-        seed_method = self._seed_method.result()
-        reference = self._reference.result()
+        seed_method, reference = self.seed_method.result(), self.reference.result()
         return Comparison(seed_method.model, seed_method.balanced_accuracy_claim,
                           None if chosen == modeling.REFERENCE else reference)
 
@@ -69,11 +61,15 @@ def start(executor: Executor, search_rows: pd.DataFrame, model_rows: pd.DataFram
           seed: int) -> Pending:
     """Start fitting the seed recipe on the search's rows and the untuned yardstick on the final model's rows.
 
-    ``model_legit_fraction`` is the share of legitimate rows ``model_rows`` kept of its split
-    (the yardstick's prior correction needs it, as the model's did). Each fit uses one native
-    thread, like the search's fits it runs beside.
+    Neither depends on the search, so they run beside its fits, each on one native thread like
+    them, and take no wall time of their own while the search keeps the cores busy (the default
+    train stage spent 2.9 s fitting them after the search). ``model_legit_fraction`` is the share
+    of legitimate rows ``model_rows`` kept of its split (the yardstick's prior correction needs it,
+    as the model's did).
     """
-    return Pending(executor, search_rows, model_rows, model_legit_fraction=model_legit_fraction, seed=seed)
+    return Pending(executor.submit(baseline.fit_seed_baseline, search_rows, seed),
+                   executor.submit(modeling.refit, modeling.make_pipeline("hist_gb", "none", seed=seed), model_rows,
+                                   legit_fraction=model_legit_fraction))
 
 
 def save(comparison: Comparison, model_dir: Path) -> dict[str, Any]:

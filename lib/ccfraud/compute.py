@@ -62,9 +62,12 @@ def local_cluster_options(cpus: int | None = None, memory_bytes: int | None = No
             "memory_limit": int(memory * LOCAL_MEMORY_SHARE / workers)}
 
 
-def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
-    """A client of the scheduler at ``address``, or a :class:`ComputeError` naming it within ``timeout`` s."""
+def connect(address: str, timeout: float | None = None) -> Any:
+    """A client of the scheduler at ``address``, or a :class:`ComputeError` naming it within ``timeout`` s
+    (default :data:`CONNECT_TIMEOUT`, read at the call)."""
     from distributed import Client
+
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
 
     try:
         return Client(address, timeout=timeout)
