@@ -62,10 +62,11 @@ def start(executor: Executor, search_rows: pd.DataFrame, model_rows: pd.DataFram
     """Start fitting the seed recipe on the search's rows and the untuned yardstick on the final model's rows.
 
     Neither depends on the search, so they run beside its fits, each on one native thread like
-    them, and take no wall time of their own while the search keeps the cores busy (the default
-    train stage spent 2.9 s fitting them after the search). ``model_legit_fraction`` is the share
-    of legitimate rows ``model_rows`` kept of its split (the yardstick's prior correction needs it,
-    as the model's did).
+    them, filling the moments a core would otherwise wait (the default train stage spent 2.9 s
+    fitting them after the search). The yardstick is fitted even if the search then chooses it
+    (that fit is then dropped, and the model is refitted like any chosen candidate).
+    ``model_legit_fraction`` is the share of legitimate rows ``model_rows`` kept of its split (the
+    yardstick's prior correction needs it, as the model's did).
     """
     return Pending(executor.submit(baseline.fit_seed_baseline, search_rows, seed),
                    executor.submit(modeling.refit, modeling.make_pipeline("hist_gb", "none", seed=seed), model_rows,

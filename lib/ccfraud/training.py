@@ -216,8 +216,10 @@ def select_model(
                                review_cost=review_cost, say=say)
     if not compare:
         return choose()
-    # Leaving the block waits for both comparison fits, also when the search fails (then a few seconds at most).
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="comparison") as beside:
+    # One native thread for the whole block: BLAS's limit is process-wide and each limit puts back what it found,
+    # so a comparison fit ending mid-search would otherwise lift the search's limit. Leaving the block waits for
+    # both comparison fits, also when the search fails.
+    with modeling.one_thread(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="comparison") as beside:
         pending = comparison.start(beside, fit.frame, refit.frame, model_legit_fraction=refit.legit_fraction,
                                    seed=seed)
         selection = choose()
