@@ -15,10 +15,9 @@ each row comes back, which is what curves and the threshold need. With the panda
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,28 +209,31 @@ def select_model(
     # The final model's rows too, before the search: a ratio they exceed would fail only at the refit.
     modeling.check_sampling_ratios(candidates, {f"the final model's rows ({refit_on})": refit.frame[schema.TARGET]},
                                    legit_fraction=refit.legit_fraction, sample_rows=len(refit.frame))
-    choose = functools.partial(_choose_and_refit, fit, refit, valid, candidates, split_strategy=split_strategy,
-                               cv_folds=cv_folds, seed=seed, n_jobs=n_jobs, threshold_rule=threshold_rule,
-                               target_precision=target_precision, target_recall=target_recall,
-                               review_cost=review_cost, say=say)
-    if not compare:
-        return choose()
     # One native thread for the whole block: BLAS's limit is process-wide and each limit puts back what it found,
     # so a comparison fit ending mid-search would otherwise lift the search's limit. Leaving the block waits for
     # both comparison fits, also when the search fails.
     with modeling.one_thread(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="comparison") as beside:
-        pending = comparison.start(beside, fit.frame, refit.frame, model_legit_fraction=refit.legit_fraction,
-                                   seed=seed)
-        selection = choose()
-        selection.compared = pending.result(selection.best.name)
+        pending = (comparison.start(beside, fit.frame, refit.frame, model_legit_fraction=refit.legit_fraction,
+                                    seed=seed) if compare else None)
+        selection = _choose_and_refit(fit, refit, valid, candidates, split_strategy=split_strategy, cv_folds=cv_folds,
+                                      seed=seed, n_jobs=n_jobs, threshold_rule=threshold_rule,
+                                      target_precision=target_precision, target_recall=target_recall,
+                                      review_cost=review_cost, say=say,
+                                      fitted_reference=None if pending is None else pending.reference)
+        if pending is not None:
+            selection.compared = pending.result(selection.best.name)
     return selection
 
 
 def _choose_and_refit(fit: TrainingSample, refit: TrainingSample, valid: Any, candidates: dict[str, dict[str, Any]],
                       *, split_strategy: str, cv_folds: int, seed: int, n_jobs: int, threshold_rule: str,
                       target_precision: float, target_recall: float, review_cost: float,
-                      say: Callable[[str], None] | None) -> Selection:
-    """The search on ``fit``, the choice and the threshold on ``valid``, the chosen model refitted on ``refit``."""
+                      say: Callable[[str], None] | None, fitted_reference: Future[Any] | None) -> Selection:
+    """The search on ``fit``, the choice and the threshold on ``valid``, the chosen model refitted on ``refit``.
+
+    ``fitted_reference``: the yardstick's configuration being fitted on ``refit`` already (for the
+    comparison rows); when the yardstick is chosen, that fit is the model, not fitted a second time.
+    """
     results = modeling.search_all(candidates, fit.frame, fit.frame[schema.TARGET],
                                   split_strategy=split_strategy, folds=cv_folds, seed=seed, n_jobs=n_jobs,
                                   legit_fraction=fit.legit_fraction, progress=say)
@@ -248,12 +250,14 @@ def _choose_and_refit(fit: TrainingSample, refit: TrainingSample, valid: Any, ca
     )
     valid_metrics = evaluation.evaluate(valid_labels, valid_scores, threshold, amount=valid_amounts,
                                         review_cost=review_cost, bootstrap=0)
+    reuse = results[0].name == modeling.REFERENCE and fitted_reference is not None
     if say:
         say(f"chosen on the validation split: {results[0].name} (AUPRC {results[0].valid_auprc:.4f}); "
-            f"refitting on {len(refit.frame):,} rows")
+            + (f"its fit on {len(refit.frame):,} rows beside the search is the model" if reuse
+               else f"refitting on {len(refit.frame):,} rows"))
     # The last candidate fit, alone but for the comparison fits: a forest's trees on all cores (the same model).
-    model = modeling.refit(results[0].best_estimator, refit.frame, legit_fraction=refit.legit_fraction,
-                           forest_jobs=None)
+    model = fitted_reference.result() if reuse else modeling.refit(
+        results[0].best_estimator, refit.frame, legit_fraction=refit.legit_fraction, forest_jobs=None)
     return Selection(results, threshold, valid_scores, evaluation.curves(valid_labels, valid_scores),
                      valid_metrics, model, len(refit.frame), int(refit.frame[schema.TARGET].sum()), fit, refit)
 
