@@ -97,6 +97,22 @@ def test_search_scores_candidates_by_cv_auprc_and_sorts_them(splits):
     assert list(table["candidate"]) == [r.name for r in results]
 
 
+def test_the_search_finds_the_same_models_on_one_thread_or_several(splits):
+    """Fits and refits interleave differently with more threads; the scores and models are the same."""
+    candidates = {
+        "logreg": {"sampler": ["class_weight", "none"]},
+        "tiny_forest": {"model": "random_forest", "sampler": "undersample", "sampling_ratio": 0.2, "n_estimators": 10},
+        "tiny_gb": {"model": "hist_gb", "max_iter": [20], "max_leaf_nodes": [7, 15]},
+    }
+    X, y = splits.train, splits.train[schema.TARGET]
+    runs = [modeling.search_all(candidates, X, y, folds=2, seed=0, n_jobs=jobs) for jobs in (1, 3)]
+    for one, several in zip(*runs, strict=True):
+        assert (one.name, one.describe_params()) == (several.name, several.describe_params())
+        pd.testing.assert_frame_equal(one.table.drop(columns="fit_seconds"), several.table.drop(columns="fit_seconds"))
+        np.testing.assert_array_equal(modeling.fraud_probability(one.best_estimator, splits.valid),
+                                      modeling.fraud_probability(several.best_estimator, splits.valid))
+
+
 def test_time_split_uses_forward_chaining_folds():
     folds = list(modeling.cv_splitter("time", 3).split(np.zeros((40, 1))))
     assert all(train.max() < test.min() for train, test in folds)

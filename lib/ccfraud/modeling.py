@@ -11,7 +11,9 @@ import contextlib
 import functools
 import numbers
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -312,15 +314,14 @@ def with_reference(candidates: dict[str, dict[str, Any]]) -> dict[str, dict[str,
 
 
 def _fit_and_score(base: BaseEstimator, params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
-                   test: np.ndarray, scorer: Callable[..., float], key: tuple[int, int],
-                   fold: int) -> tuple[tuple[int, int], int, float, float]:
-    """Fit one configuration on one fold's training rows and score it on the fold's held-out rows."""
+                   test: np.ndarray, scorer: Callable[..., float]) -> tuple[float, float]:
+    """Fit one configuration on one fold's training rows and score it on the fold's held-out rows; (score, seconds)."""
     started = time.perf_counter()
     estimator = clone(base).set_params(**params).fit(X.iloc[train], y[train])
     seconds = time.perf_counter() - started
     with one_thread():  # OpenMP's limit is per calling thread: this task's scoring sets its own
         score = float(scorer(estimator, X.iloc[test], y[test]))
-    return key, fold, score, seconds
+    return score, seconds
 
 
 def _configurations(name: str, spec: dict[str, Any], seed: int) -> tuple[str, list[dict[str, Any]]]:
@@ -417,11 +418,12 @@ def search_all(
     receive the data (91 s with worker processes, 59 s with threads, at load 4).
     ``progress`` receives a line (candidate, configuration i of n, fold, fits done, elapsed) as
     fits finish, at most every ``every`` seconds and always for the last, and one line per
-    candidate once its grid is done. ``legit_fraction`` < 1: ``X`` is a sample of the train
-    split with that share of its legitimate rows (every fraud); the scorer and the prior
-    correction account for it.
+    candidate once its grid is done, when its best configuration's refit goes to the front of the
+    queue. The scores and models do not depend on the number of threads. ``legit_fraction`` < 1:
+    ``X`` is a sample of the train split with that share of its legitimate rows (every fraud); the
+    scorer and the prior correction account for it.
     """
-    from joblib import Parallel, delayed
+    from joblib import effective_n_jobs
     from sklearn.metrics import get_scorer
 
     if not candidates:
@@ -435,41 +437,64 @@ def search_all(
     check_sampling_ratios(candidates, {"the search's rows": y, **{f"fold {i + 1}'s training rows": y[train]
                                                                   for i, (train, _) in enumerate(fold_rows)}},
                           legit_fraction=legit_fraction, sample_rows=len(y))
-    tasks = [delayed(_fit_and_score)(grid.base, params, X, y, train, test, scorer, (number, index), fold)
-             for number, grid in enumerate(grids) for index, params in enumerate(grid.configs)
-             for fold, (train, test) in enumerate(fold_rows)]
+    fits = deque((number, index, fold) for number, grid in enumerate(grids) for index in range(len(grid.configs))
+                 for fold in range(len(fold_rows)))
+    total = len(fits)
     left = [grid.scores.size for grid in grids]
+    refits: deque[int] = deque()  # candidates whose grid is done: their best configuration is refitted next
+    fitted: dict[int, PriorCorrected] = {}
     started = last_line = time.perf_counter()
     finished = [0]
 
     def status() -> str:
-        doing = (f"fitting: {finished[0]} of {len(tasks)} fits done" if finished[0] < len(tasks)
+        doing = (f"fitting: {finished[0]} of {total} fits done" if finished[0] < total
                  else "refitting the best configurations")
         return f"  still {doing}, {time.perf_counter() - started:.0f} s"
 
     # One native thread per fit, fits side by side instead: OpenMP's limit is per calling thread, so each
     # task sets its own (PriorCorrected.fit, the scoring in _fit_and_score); this outer limit keeps the
-    # process-wide pools (BLAS) at one thread whatever the tasks restore when they finish.
-    with one_thread(), heartbeat(progress, status):
-        parallel = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator_unordered")
-        for done, ((number, index), fold, value, seconds) in enumerate(parallel(tasks), start=1):
-            finished[0] = done
-            grid = grids[number]
-            grid.scores[index, fold], grid.fit_times[index, fold] = value, seconds
-            left[number] -= 1
-            now = time.perf_counter()
-            if progress and (now - last_line >= every or done == len(tasks)):
-                last_line = now
-                progress(f"  {grid.name}: configuration {index + 1} of {len(grid.configs)}, fold {fold + 1} of "
-                         f"{len(fold_rows)} (AUPRC {value:.4f}); {done} of {len(tasks)} fits, {now - started:.0f} s")
-            if progress and not left[number]:
-                progress(f"candidate {number + 1} of {len(grids)}: {grid.name} searched, CV AUPRC "
-                         f"{grid.scores.mean(axis=1)[grid.best]:.4f} ({len(grid.configs)} configuration"
-                         f"{'s' if len(grid.configs) > 1 else ''}); "
-                         f"{now - started:.0f} s")
-        if progress:
-            progress(f"refitting each candidate's best configuration on all {len(X):,} search rows")
-        fitted = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(grid.refit_best)(X, y) for grid in grids)
+    # process-wide pools (BLAS) at one thread whatever the tasks restore when they finish. Tasks are handed
+    # out one per free thread, a finished candidate's refit before the next fold: the refits run while
+    # the other candidates' folds do, not in a round of their own at the end.
+    workers = effective_n_jobs(n_jobs)
+    with one_thread(), heartbeat(progress, status), ThreadPoolExecutor(workers, thread_name_prefix="search") as pool:
+        running: dict[Future, tuple[int, int, int] | int] = {}
+        while fits or refits or running:
+            while len(running) < workers and (refits or fits):
+                if refits:
+                    number = refits.popleft()
+                    running[pool.submit(grids[number].refit_best, X, y)] = number
+                else:
+                    number, index, fold = task = fits.popleft()
+                    train, test = fold_rows[fold]
+                    running[pool.submit(_fit_and_score, grids[number].base, grids[number].configs[index], X, y,
+                                        train, test, scorer)] = task
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                task = running.pop(future)
+                if isinstance(task, int):
+                    fitted[task] = future.result()
+                    continue
+                number, index, fold = task
+                value, seconds = future.result()
+                finished[0] += 1
+                grid = grids[number]
+                grid.scores[index, fold], grid.fit_times[index, fold] = value, seconds
+                left[number] -= 1
+                now = time.perf_counter()
+                if progress and (now - last_line >= every or finished[0] == total):
+                    last_line = now
+                    progress(f"  {grid.name}: configuration {index + 1} of {len(grid.configs)}, fold {fold + 1} "
+                             f"of {len(fold_rows)} (AUPRC {value:.4f}); {finished[0]} of {total} fits, "
+                             f"{now - started:.0f} s")
+                if not left[number]:
+                    refits.append(number)
+                    if progress:
+                        progress(f"candidate {number + 1} of {len(grids)}: {grid.name} searched, CV AUPRC "
+                                 f"{grid.scores.mean(axis=1)[grid.best]:.4f} ({len(grid.configs)} configuration"
+                                 f"{'s' if len(grid.configs) > 1 else ''}); {now - started:.0f} s; refitting "
+                                 f"its best on all {len(X):,} search rows")
+    fitted = [fitted[number] for number in range(len(grids))]
     results = []
     for grid, best_estimator in zip(grids, fitted, strict=True):
         means, stds = grid.scores.mean(axis=1), grid.scores.std(axis=1)
