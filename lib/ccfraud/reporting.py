@@ -18,14 +18,14 @@ NOTEBOOKS_DIR = Path("notebooks")
 REPORTS_DIR = Path("reports")
 
 
-def _without_iri_grammar() -> None:
+def without_iri_grammar() -> None:
     """Keep jsonschema from building rfc3987-syntax's IRI grammar when papermill imports nbformat.
 
     jupyter-events installs rfc3987-syntax (jsonschema's ``format-nongpl`` extra) and jsonschema
     imports it, if present, to check the ``iri`` formats: compiling its Lark grammar took 1.6 s of
     the 2.5 s ``import papermill`` costs every stage (``python -X importtime``). No notebook
     schema uses those formats, so this process marks the module absent, for the rest of its life,
-    before nbformat loads (in a test process, jsonschema then checks no ``iri`` format either).
+    before nbformat loads. pytest does it first thing too (:mod:`ccfraud.pytest_startup`).
     """
     sys.modules.setdefault("rfc3987_syntax", None)
 
@@ -52,7 +52,7 @@ def stage_notebook(stage: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
 
 def notebook_to_html(notebook: Path, html: Path, *, show_code: bool = False) -> Path:
     """Render an executed notebook to HTML; input cells and prompts hidden unless ``show_code``."""
-    _without_iri_grammar()
+    without_iri_grammar()
     import nbformat  # imported here, like papermill: nbformat's jsonschema import alone takes seconds
     from nbconvert import HTMLExporter
 
@@ -89,7 +89,7 @@ def run_notebook(
     (to see which cell failed) and no report is left that looks like a success. Stage
     notebooks and the monitor notebook (not a stage) both run through here.
     """
-    _without_iri_grammar()
+    without_iri_grammar()
     import papermill
     from traitlets.config import Config
 
