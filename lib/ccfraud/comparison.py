@@ -61,9 +61,9 @@ def start(executor: Executor, search_rows: pd.DataFrame, model_rows: pd.DataFram
           seed: int) -> Pending:
     """Start fitting the seed recipe on the search's rows and the untuned yardstick on the final model's rows.
 
-    Neither depends on the search, so they run beside its fits, each on one native thread like
-    them, filling the moments a core would otherwise wait (the default train stage spent 2.9 s
-    fitting them after the search). If the search then chooses the yardstick, its fit here is the
+    Neither depends on the search, so they are queued in its pool (``executor``) before its fits,
+    each on one native thread like them (the default train stage spent 2.9 s fitting them after
+    the search). If the search then chooses the yardstick, its fit here is the
     model (:func:`ccfraud.training.select_model`), and the comparison keeps no copy of it.
     ``model_legit_fraction`` is the share of legitimate rows ``model_rows`` kept of its split (the
     yardstick's prior correction needs it, as the model's did).

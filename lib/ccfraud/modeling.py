@@ -403,6 +403,7 @@ def search_all(
     folds: int = 3,
     seed: int = 0,
     n_jobs: int = 1,
+    pool: ThreadPoolExecutor | None = None,
     legit_fraction: float = 1.0,
     progress: Callable[[str], None] | None = None,
     every: float = PROGRESS_EVERY,
@@ -421,7 +422,8 @@ def search_all(
     candidate once its grid is done, when its best configuration's refit goes to the front of the
     queue. The scores and models do not depend on the number of threads. ``legit_fraction`` < 1:
     ``X`` is a sample of the train split with that share of its legitimate rows (every fraud); the
-    scorer and the prior correction account for it.
+    scorer and the prior correction account for it. ``pool``: the caller's executor with ``n_jobs``
+    threads, which its other fits share; None: one of the search's own.
     """
     from joblib import effective_n_jobs
     from sklearn.metrics import get_scorer
@@ -457,7 +459,9 @@ def search_all(
     # out one per free thread, a finished candidate's refit before the next fold: the refits run while
     # the other candidates' folds do, not in a round of their own at the end.
     workers = effective_n_jobs(n_jobs)
-    with one_thread(), heartbeat(progress, status), ThreadPoolExecutor(workers, thread_name_prefix="search") as pool:
+    own = pool is None
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="search") if own else pool
+    with one_thread(), heartbeat(progress, status), (pool if own else contextlib.nullcontext()):
         running: dict[Future, tuple[int, int, int] | int] = {}
         while fits or refits or running:
             while len(running) < workers and (refits or fits):
