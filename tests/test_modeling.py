@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from imblearn.under_sampling import RandomUnderSampler
+from sklearn.base import clone
 from sklearn.dummy import DummyClassifier
 from sklearn.metrics import average_precision_score
 
@@ -98,19 +99,26 @@ def test_search_scores_candidates_by_cv_auprc_and_sorts_them(splits):
 
 
 def test_the_search_finds_the_same_models_on_one_thread_or_several(splits):
-    """Fits and refits interleave differently with more threads; the scores and models are the same."""
+    """Fits and refits interleave differently with more threads; the scores and models are the same, and right."""
     candidates = {
         "logreg": {"sampler": ["class_weight", "none"]},
         "tiny_forest": {"model": "random_forest", "sampler": "undersample", "sampling_ratio": 0.2, "n_estimators": 10},
         "tiny_gb": {"model": "hist_gb", "max_iter": [20], "max_leaf_nodes": [7, 15]},
     }
-    X, y = splits.train, splits.train[schema.TARGET]
-    runs = [modeling.search_all(candidates, X, y, folds=2, seed=0, n_jobs=jobs) for jobs in (1, 3)]
+    X, y = splits.train, splits.train[schema.TARGET].to_numpy()
+    runs = [modeling.search_all(candidates, X, y, folds=3, seed=0, n_jobs=jobs) for jobs in (1, 3)]
+    folds = list(modeling.cv_splitter("time", 3).split(X, y))
     for one, several in zip(*runs, strict=True):
         assert (one.name, one.describe_params()) == (several.name, several.describe_params())
         pd.testing.assert_frame_equal(one.table.drop(columns="fit_seconds"), several.table.drop(columns="fit_seconds"))
         np.testing.assert_array_equal(modeling.fraud_probability(one.best_estimator, splits.valid),
                                       modeling.fraud_probability(several.best_estimator, splits.valid))
+        # The best configuration's CV AUPRC is its own, fold by fold, not another fit's.
+        best = modeling.make_pipeline(one.model, seed=0).set_params(**one.best_params)
+        own = [average_precision_score(y[test], modeling.fraud_probability(clone(best).fit(X.iloc[train], y[train]),
+                                                                           X.iloc[test]))
+               for train, test in folds]
+        assert one.cv_auprc_mean == pytest.approx(np.mean(own), abs=1e-12)
 
 
 def test_time_split_uses_forward_chaining_folds():

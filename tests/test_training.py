@@ -202,7 +202,7 @@ def test_the_comparison_models_are_fitted_on_the_models_own_rows_and_saved_with_
     assert record["versions"]["reference"] == artifacts.behaviour_fingerprint(other.reference)[:12]
     both = pd.concat([splits.train, splits.valid], ignore_index=True)
     expected = modeling.make_pipeline("hist_gb", seed=SETTINGS["seed"]).fit(both, both[schema.TARGET])
-    # The chosen yardstick's model is that same fit (made beside the search, not repeated).
+    # The chosen yardstick's model is that same fit (made for the comparison, not repeated).
     np.testing.assert_array_equal(modeling.fraud_probability(loaded.model, splits.test),
                                   modeling.fraud_probability(expected, splits.test))
     np.testing.assert_array_equal(modeling.fraud_probability(other.reference, splits.test),

@@ -3,7 +3,7 @@
 Two rows sit next to the model in ``metrics.json``: the seed project's recipe, fitted on the
 search's rows, and the untuned yardstick (:data:`ccfraud.modeling.REFERENCE`), fitted on the
 final model's rows. The train stage holds both sets of rows already, so it fits them there,
-beside its search, and saves them next to the model (``comparison.skops``, its sha256 in
+in its search's pool of threads, and saves them next to the model (``comparison.skops``, its sha256 in
 ``model.json``); the evaluate stage loads them, checked like the model, and scores all three in
 one pass over the test split. The evaluate stage then never reads the train or validation split:
 it used to draw those rows again (two passes over 23 M rows at 100x the data) and refit both.

@@ -13,7 +13,7 @@ import numbers
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,7 @@ MODELS = ("logreg", "random_forest", "hist_gb")
 def one_thread():
     """A context in which native thread pools (OpenMP: HistGradientBoosting; BLAS) use one thread.
 
-    Fits run side by side instead (joblib, one per core): on the shared 2-core machine at a
+    Fits run side by side instead (the search's threads, one per core): on the shared 2-core machine at a
     load of 13, OpenMP's default of a thread per core made a small search take 130 s of wall
     time (48 s of CPU, mostly spinning) instead of 8 s.
     """
@@ -343,10 +343,13 @@ class _Grid:
     configs: list[dict[str, Any]]
     scores: np.ndarray
     fit_times: np.ndarray
+    recorded: int = 0
 
     @classmethod
     def of(cls, name: str, spec: dict[str, Any], folds: int, seed: int, legit_fraction: float) -> _Grid:
         model, configs = _configurations(name, spec, seed)
+        if not configs:
+            raise ValueError(f"candidate {name}: its grid has no configuration to try (an empty list in {spec})")
         base = make_pipeline(model, "none", seed=seed, legit_fraction=legit_fraction)
         return cls(name, model, base, configs, np.full((len(configs), folds), np.nan), np.zeros((len(configs), folds)))
 
@@ -354,8 +357,40 @@ class _Grid:
     def best(self) -> int:
         return int(np.argmax(self.scores.mean(axis=1)))
 
+    def record(self, index: int, fold: int, score: float, seconds: float) -> bool:
+        """Keep one fit's score and time; whether the grid is now done (every configuration on every fold)."""
+        self.scores[index, fold], self.fit_times[index, fold] = score, seconds
+        self.recorded += 1
+        return self.recorded == self.scores.size
+
     def refit_best(self, X: pd.DataFrame, y: np.ndarray) -> PriorCorrected:
         return clone(self.base).set_params(**self.configs[self.best]).fit(X, y)
+
+    def result(self, best_estimator: PriorCorrected) -> SearchResult:
+        """The finished grid as the search reports it: its best configuration, refitted, and every row."""
+        means, stds = self.scores.mean(axis=1), self.scores.std(axis=1)
+        table = pd.DataFrame({"candidate": self.name, "params": [short_params(p) for p in self.configs],
+                              "cv_auprc_mean": means, "cv_auprc_std": stds,
+                              "fit_seconds": self.fit_times.mean(axis=1)})
+        return SearchResult(
+            name=self.name,
+            model=self.model,
+            best_estimator=best_estimator,
+            best_params=self.configs[self.best],
+            cv_auprc_mean=float(means[self.best]),
+            cv_auprc_std=float(stds[self.best]),
+            fit_seconds=float(self.fit_times[self.best].mean()),
+            search_seconds=float(self.fit_times.sum()),
+            n_configs=len(self.configs),
+            table=table,
+        )
+
+    def searched_line(self, number: int, of: int, elapsed: float, rows: int) -> str:
+        """The progress line of a finished grid."""
+        plural = "s" if len(self.configs) > 1 else ""
+        return (f"candidate {number + 1} of {of}: {self.name} searched, CV AUPRC "
+                f"{self.scores.mean(axis=1)[self.best]:.4f} ({len(self.configs)} configuration{plural}); "
+                f"{elapsed:.0f} s; refitting its best on all {rows:,} search rows")
 
 
 def check_sampling_ratios(candidates: dict[str, dict[str, Any]], labels: dict[str, Any], *,
@@ -394,6 +429,33 @@ def check_sampling_ratios(candidates: dict[str, dict[str, Any]], labels: dict[st
                         f"legitimate rows{sample}")
 
 
+def _run_in_turn(pool: Executor, workers: int,
+                 next_task: Callable[[], tuple[Callable[[], Any], Callable[[Any], None]] | None]) -> None:
+    """Run tasks ``workers`` at a time on ``pool``, each chosen by ``next_task`` when a thread frees up.
+
+    Tasks are handed out one per free thread, not queued all at once, so ``next_task`` decides at
+    each moment what comes next (the search: a finished grid's refit before the next fold). Each
+    outcome goes to the task's handler on the calling thread. Tasks never wait on each other, so a
+    pool shared with other work cannot deadlock. If a task fails, the tasks not yet started are
+    cancelled and the error is raised; the ones already running finish on the pool.
+    """
+    running: dict[Future, Callable[[Any], None]] = {}
+    try:
+        while True:
+            while len(running) < workers and (task := next_task()) is not None:
+                work, handle = task
+                running[pool.submit(work)] = handle
+            if not running:
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)(future.result())
+    except BaseException:
+        for future in running:
+            future.cancel()
+        raise
+
+
 def search_all(
     candidates: dict[str, dict[str, Any]],
     X: pd.DataFrame,
@@ -419,11 +481,13 @@ def search_all(
     receive the data (91 s with worker processes, 59 s with threads, at load 4).
     ``progress`` receives a line (candidate, configuration i of n, fold, fits done, elapsed) as
     fits finish, at most every ``every`` seconds and always for the last, and one line per
-    candidate once its grid is done, when its best configuration's refit goes to the front of the
-    queue. The scores and models do not depend on the number of threads. ``legit_fraction`` < 1:
+    candidate once its grid is done, when its best configuration's refit is the next task the
+    search hands out. The scores and models do not depend on the number of threads. ``legit_fraction`` < 1:
     ``X`` is a sample of the train split with that share of its legitimate rows (every fraud); the
     scorer and the prior correction account for it. ``pool``: the caller's executor with ``n_jobs``
-    threads, which its other fits share; None: one of the search's own.
+    threads, which its other work shares (queued before the search's, it runs first); None: one of
+    the search's own. On a failure the caller's pool may still be finishing a fit: its owner's
+    shutdown waits for it.
     """
     from joblib import effective_n_jobs
     from sklearn.metrics import get_scorer
@@ -442,81 +506,50 @@ def search_all(
     fits = deque((number, index, fold) for number, grid in enumerate(grids) for index in range(len(grid.configs))
                  for fold in range(len(fold_rows)))
     total = len(fits)
-    left = [grid.scores.size for grid in grids]
     refits: deque[int] = deque()  # candidates whose grid is done: their best configuration is refitted next
     fitted: dict[int, PriorCorrected] = {}
     started = last_line = time.perf_counter()
     finished = [0]
 
     def status() -> str:
-        doing = (f"fitting: {finished[0]} of {total} fits done" if finished[0] < total
-                 else "refitting the best configurations")
+        doing = f"fitting: {finished[0]} of {total} fits done" if finished[0] < total else "refitting"
         return f"  still {doing}, {time.perf_counter() - started:.0f} s"
+
+    def fit_done(number: int, index: int, fold: int, outcome: tuple[float, float]) -> None:
+        nonlocal last_line
+        finished[0] += 1
+        grid, now = grids[number], time.perf_counter()
+        done = grid.record(index, fold, *outcome)
+        if progress and (now - last_line >= every or finished[0] == total):
+            last_line = now
+            progress(f"  {grid.name}: configuration {index + 1} of {len(grid.configs)}, fold {fold + 1} of "
+                     f"{len(fold_rows)} (AUPRC {outcome[0]:.4f}); {finished[0]} of {total} fits, {now - started:.0f} s")
+        if done:
+            refits.append(number)
+            if progress:
+                progress(grid.searched_line(number, len(grids), now - started, len(X)))
+
+    def next_task() -> tuple[Callable[[], Any], Callable[[Any], None]] | None:
+        """The next task and what to do with its outcome: a finished grid's refit first, else the next fold."""
+        if refits:
+            number = refits.popleft()
+            return functools.partial(grids[number].refit_best, X, y), functools.partial(fitted.__setitem__, number)
+        if fits:
+            number, index, fold = fits.popleft()
+            grid, (train, test) = grids[number], fold_rows[fold]
+            return (functools.partial(_fit_and_score, grid.base, grid.configs[index], X, y, train, test, scorer),
+                    functools.partial(fit_done, number, index, fold))
+        return None
 
     # One native thread per fit, fits side by side instead: OpenMP's limit is per calling thread, so each
     # task sets its own (PriorCorrected.fit, the scoring in _fit_and_score); this outer limit keeps the
-    # process-wide pools (BLAS) at one thread whatever the tasks restore when they finish. Tasks are handed
-    # out one per free thread, a finished candidate's refit before the next fold: the refits run while
-    # the other candidates' folds do, not in a round of their own at the end.
+    # process-wide pools (BLAS) at one thread whatever the tasks restore when they finish.
     workers = effective_n_jobs(n_jobs)
     own = pool is None
     pool = ThreadPoolExecutor(workers, thread_name_prefix="search") if own else pool
     with one_thread(), heartbeat(progress, status), (pool if own else contextlib.nullcontext()):
-        running: dict[Future, tuple[int, int, int] | int] = {}
-        while fits or refits or running:
-            while len(running) < workers and (refits or fits):
-                if refits:
-                    number = refits.popleft()
-                    running[pool.submit(grids[number].refit_best, X, y)] = number
-                else:
-                    number, index, fold = task = fits.popleft()
-                    train, test = fold_rows[fold]
-                    running[pool.submit(_fit_and_score, grids[number].base, grids[number].configs[index], X, y,
-                                        train, test, scorer)] = task
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                task = running.pop(future)
-                if isinstance(task, int):
-                    fitted[task] = future.result()
-                    continue
-                number, index, fold = task
-                value, seconds = future.result()
-                finished[0] += 1
-                grid = grids[number]
-                grid.scores[index, fold], grid.fit_times[index, fold] = value, seconds
-                left[number] -= 1
-                now = time.perf_counter()
-                if progress and (now - last_line >= every or finished[0] == total):
-                    last_line = now
-                    progress(f"  {grid.name}: configuration {index + 1} of {len(grid.configs)}, fold {fold + 1} "
-                             f"of {len(fold_rows)} (AUPRC {value:.4f}); {finished[0]} of {total} fits, "
-                             f"{now - started:.0f} s")
-                if not left[number]:
-                    refits.append(number)
-                    if progress:
-                        progress(f"candidate {number + 1} of {len(grids)}: {grid.name} searched, CV AUPRC "
-                                 f"{grid.scores.mean(axis=1)[grid.best]:.4f} ({len(grid.configs)} configuration"
-                                 f"{'s' if len(grid.configs) > 1 else ''}); {now - started:.0f} s; refitting "
-                                 f"its best on all {len(X):,} search rows")
-    fitted = [fitted[number] for number in range(len(grids))]
-    results = []
-    for grid, best_estimator in zip(grids, fitted, strict=True):
-        means, stds = grid.scores.mean(axis=1), grid.scores.std(axis=1)
-        table = pd.DataFrame({"candidate": grid.name, "params": [short_params(p) for p in grid.configs],
-                              "cv_auprc_mean": means, "cv_auprc_std": stds,
-                              "fit_seconds": grid.fit_times.mean(axis=1)})
-        results.append(SearchResult(
-            name=grid.name,
-            model=grid.model,
-            best_estimator=best_estimator,
-            best_params=grid.configs[grid.best],
-            cv_auprc_mean=float(means[grid.best]),
-            cv_auprc_std=float(stds[grid.best]),
-            fit_seconds=float(grid.fit_times[grid.best].mean()),
-            search_seconds=float(grid.fit_times.sum()),
-            n_configs=len(grid.configs),
-            table=table,
-        ))
+        _run_in_turn(pool, workers, next_task)
+    results = [grid.result(fitted[number]) for number, grid in enumerate(grids)]
     return sorted(results, key=lambda r: r.cv_auprc_mean, reverse=True)
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import effective_n_jobs
 
 from ccfraud import artifacts, atomicio, comparison, evaluation, modeling, preprocess, progress, schema, summaries
 from ccfraud.modeling import SearchResult
@@ -139,7 +140,7 @@ def model_rows(train: Any, valid: Any, *, refit_on: str, sample_rows: int | None
     """The rows the search learns from (drawn from train) and the rows the final model learns from.
 
     The comparison models (the seed recipe, the untuned yardstick) are fitted on exactly these rows
-    too, beside the search (:func:`select_model`), while the train stage holds them.
+    too, in the search's pool (:func:`select_model`), while the train stage holds them.
     """
     fit = draw_training_sample(train, sample_rows, seed)
     refit = draw_training_sample(refit_rows(train, valid, refit_on), sample_rows, seed)
@@ -215,8 +216,6 @@ def select_model(
     # One native thread for the whole block: BLAS's limit is process-wide and each limit puts back what it found,
     # so a comparison fit ending mid-search would otherwise lift the search's limit. Leaving the block waits for
     # the comparison fits, also when the search fails.
-    from joblib import effective_n_jobs
-
     workers = effective_n_jobs(n_jobs)
     with modeling.one_thread(), ThreadPoolExecutor(workers, thread_name_prefix="train") as pool:
         pending = (comparison.start(pool, fit.frame, refit.frame, model_legit_fraction=refit.legit_fraction,
