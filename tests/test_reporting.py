@@ -36,6 +36,8 @@ def test_run_stage_writes_ipynb_and_html_with_code_hidden(tmp_path):
     assert "secret_marker_code = value" not in text
     shown = reporting.notebook_to_html(executed, tmp_path / "shown.html", show_code=True).read_text()
     assert "secret_marker_code" in shown
+    # The stage's exporter, made (and warmed on an empty notebook) while the kernel ran, renders as a new one does.
+    assert reporting.notebook_to_html(executed, tmp_path / "again.html").read_text() == text
 
 
 def test_failed_stage_keeps_the_failed_notebook_and_no_report(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,27 @@ def stage_notebook(stage: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
     return matches[0]
 
 
-def notebook_to_html(notebook: Path, html: Path, *, show_code: bool = False) -> Path:
-    """Render an executed notebook to HTML; input cells and prompts hidden unless ``show_code``."""
+def html_exporter(*, show_code: bool = False) -> Any:
+    """nbconvert's HTML exporter with its templates compiled: input cells and prompts hidden unless ``show_code``.
+
+    It renders an empty notebook once, so that a stage can make it while its kernel runs (on a
+    core the kernel leaves idle) and the report's own render is all that remains afterwards:
+    0.1 s instead of 0.5-0.75 s (importing nbconvert and compiling its Jinja templates).
+    """
     without_iri_grammar()
     import nbformat  # imported here, like papermill: nbformat's jsonschema import alone takes seconds
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(exclude_input=not show_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.from_notebook_node(nbformat.v4.new_notebook())
+    return exporter
+
+
+def notebook_to_html(notebook: Path, html: Path, *, show_code: bool = False, exporter: Any = None) -> Path:
+    """Render an executed notebook to HTML (``exporter``: an :func:`html_exporter` made with this ``show_code``)."""
+    import nbformat
+
+    exporter = html_exporter(show_code=show_code) if exporter is None else exporter
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     atomicio.write_text(html, body)
     return html
@@ -105,6 +120,9 @@ def run_notebook(
     failed = executed.with_suffix(".failed.ipynb")
     for stale in (executed, html, failed):
         stale.unlink(missing_ok=True)
+    warming = ThreadPoolExecutor(max_workers=1, thread_name_prefix="html")
+    exporter = warming.submit(html_exporter, show_code=show_code)  # while the kernel runs
+    warming.shutdown(wait=False)
     with atomicio.atomic_path(executed, suffix=".ipynb") as tmp:
         try:
             papermill.execute_notebook(
@@ -120,5 +138,5 @@ def run_notebook(
             if tmp.exists() and tmp.stat().st_size:
                 shutil.copyfile(tmp, failed)
             raise
-    notebook_to_html(executed, html, show_code=show_code)
+    notebook_to_html(executed, html, show_code=show_code, exporter=exporter.result())
     return executed, html
