@@ -69,7 +69,7 @@ def start(executor: Executor, search_rows: pd.DataFrame, model_rows: pd.DataFram
     yardstick's prior correction needs it, as the model's did).
     """
     return Pending(executor.submit(baseline.fit_seed_baseline, search_rows, seed),
-                   executor.submit(modeling.refit, modeling.make_pipeline("hist_gb", "none", seed=seed), model_rows,
+                   executor.submit(modeling.refit, modeling.reference_pipeline(seed), model_rows,
                                    legit_fraction=model_legit_fraction))
 
 

@@ -313,6 +313,17 @@ def with_reference(candidates: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     return {**candidates, REFERENCE: dict(REFERENCE_SPEC)}
 
 
+def reference_pipeline(seed: int = 0, legit_fraction: float = 1.0) -> PriorCorrected:
+    """The yardstick's pipeline (:data:`REFERENCE_SPEC`, unfitted), as the search builds its candidate.
+
+    The comparison's yardstick is made here too: when the search chooses the yardstick, that fit
+    is the model (:func:`ccfraud.training.select_model`), so both must be the same configuration.
+    """
+    grid = _Grid.of(REFERENCE, REFERENCE_SPEC, 1, seed, legit_fraction)
+    [config] = grid.configs
+    return clone(grid.base).set_params(**config)
+
+
 def _fit_and_score(base: BaseEstimator, params: dict[str, Any], X: pd.DataFrame, y: np.ndarray, train: np.ndarray,
                    test: np.ndarray, scorer: Callable[..., float]) -> tuple[float, float]:
     """Fit one configuration on one fold's training rows and score it on the fold's held-out rows; (score, seconds)."""
@@ -465,7 +476,7 @@ def search_all(
     folds: int = 3,
     seed: int = 0,
     n_jobs: int = 1,
-    pool: ThreadPoolExecutor | None = None,
+    pool: Executor | None = None,
     legit_fraction: float = 1.0,
     progress: Callable[[str], None] | None = None,
     every: float = PROGRESS_EVERY,

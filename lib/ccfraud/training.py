@@ -261,7 +261,8 @@ def _choose_and_refit(fit: TrainingSample, refit: TrainingSample, valid: Any, ca
         say(f"chosen on the validation split: {results[0].name} (AUPRC {results[0].valid_auprc:.4f}); "
             + (f"its fit on {len(refit.frame):,} rows for the comparison is the model" if reuse
                else f"refitting on {len(refit.frame):,} rows"))
-    # The last candidate fit, alone but for the comparison fits: a forest's trees on all cores (the same model).
+    # The last fit, alone (the comparison fits were queued before the search's): a forest's trees on all cores,
+    # the same model.
     model = fitted_reference.result() if reuse else modeling.refit(
         results[0].best_estimator, refit.frame, legit_fraction=refit.legit_fraction, forest_jobs=None)
     return Selection(results, threshold, valid_scores, evaluation.curves(valid_labels, valid_scores),
