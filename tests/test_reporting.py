@@ -1,5 +1,8 @@
 """Stage runner: notebook lookup, parameters, HTML rendering and what a failure leaves behind."""
 
+import gc
+import os
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -81,3 +84,35 @@ def test_the_kernel_runs_the_notebooks_exit_handlers_before_its_quick_exit(tmp_p
         with pytest.raises(Exception, match="boom"):
             reporting.run_stage_notebook("demo", {}, root=tmp_path)
     assert marker.read_text() == "closed"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("ends", ["well", "in a cell's error", "before the first cell"])
+def test_a_kernel_started_before_papermill_is_shut_down_however_the_run_ends(tmp_path, ends):
+    """run_notebook takes a kernel started early (reporting.start_kernel, booting while papermill is imported)
+    and shuts it down after a success, a failing cell, or papermill refusing the parameters before any cell,
+    its client's sockets closed too."""
+    body = "raise RuntimeError('boom in cell')" if ends == "in a cell's error" else "import os\nprint(os.getcwd())"
+    notebook = write_notebook(tmp_path / "notebooks" / "01_demo.ipynb", body)
+    with warnings.catch_warnings(record=True) as leaks:
+        warnings.simplefilter("always", ResourceWarning)
+        kernel = reporting.start_kernel(notebook, tmp_path)
+        pid = kernel.provisioner.pid
+        assert not _gone(pid)
+        if ends == "well":
+            executed, _ = reporting.run_notebook(notebook, {"value": 2}, root=tmp_path, kernel=kernel)
+            assert str(tmp_path) in executed.read_text()  # the kernel ran in root
+        else:
+            parameters = {"value": object()} if ends == "before the first cell" else {}
+            with pytest.raises(Exception, match="boom in cell|not JSON serializable"):
+                reporting.run_notebook(notebook, parameters, root=tmp_path, kernel=kernel)
+        gc.collect()
+    assert _gone(pid) and not kernel.has_kernel
+    assert [str(w.message) for w in leaks if issubclass(w.category, ResourceWarning)] == []

@@ -58,12 +58,18 @@ def _shown(params: dict) -> dict:
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    from ccfraud.reporting import run_stage_notebook
+    from ccfraud import reporting
 
     params, show_code = stage_parameters(args.name, Path(args.params), args.param)
-    shown = _shown(params)
-    print(f"[ccfraud] stage '{args.name}' with parameters {shown}", file=sys.stderr, flush=True)
-    executed, html = run_stage_notebook(args.name, params, show_code=show_code)
+    notebook = reporting.stage_notebook(args.name)
+    kernel = reporting.start_kernel(notebook, Path.cwd())  # it boots while this process logs and imports papermill
+    try:
+        shown = _shown(params)
+        print(f"[ccfraud] stage '{args.name}' with parameters {shown}", file=sys.stderr, flush=True)
+    except BaseException:
+        reporting.stop_kernel(kernel)
+        raise
+    executed, html = reporting.run_notebook(notebook, params, show_code=show_code, kernel=kernel)
     print(f"[ccfraud] wrote {executed} and {html}", file=sys.stderr, flush=True)
     return 0
 
