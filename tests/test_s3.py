@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -207,6 +208,37 @@ def test_no_credentials_at_all(s3_env: LocalS3Server, stored: str, out_dir: Path
         s3.download(stored, out_dir / "creditcard.csv")
     check_message(caught.value, s3_env, f"cannot download {stored}: no AWS credentials found")
     assert_untouched(out_dir)
+
+
+@pytest.mark.s3
+def test_each_client_takes_the_credentials_in_the_environment_as_it_is_now(
+        s3_env: LocalS3Server, stored: str, out_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """make_client keeps its boto3 session only while the AWS_* variables stay the same: a key changed
+    between two transfers is the one the next transfer signs with, and changing it back works again."""
+    s3.download(stored, out_dir / "first.csv")
+    right = os.environ["AWS_SECRET_ACCESS_KEY"]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value-0123456789")
+    with pytest.raises(S3Error, match="wrong credentials"):
+        s3.download(stored, out_dir / "second.csv")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", right)
+    s3.download(stored, out_dir / "third.csv")
+    assert (out_dir / "third.csv").read_bytes() == (out_dir / "first.csv").read_bytes()
+
+
+@pytest.mark.s3
+def test_clients_made_in_many_threads_at_once_all_work(s3_env: LocalS3Server, stored: str):
+    """boto3 sessions are not thread-safe; make_client shares one under a lock, and each thread's client works."""
+    bucket = stored.split("/")[2]
+    start = threading.Barrier(8)
+
+    def list_with_a_new_client(_: int) -> list[str]:
+        start.wait()
+        client = s3.make_client()
+        return [item["Key"] for item in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+    with ThreadPoolExecutor(8) as pool:
+        listings = list(pool.map(list_with_a_new_client, range(8)))
+    assert all(stored.split("/", 3)[3] in keys for keys in listings)
 
 
 @pytest.mark.s3
