@@ -116,3 +116,6 @@ def test_a_kernel_started_before_papermill_is_shut_down_however_the_run_ends(tmp
         gc.collect()
     assert _gone(pid) and not kernel.has_kernel
     assert [str(w.message) for w in leaks if issubclass(w.category, ResourceWarning)] == []
+    sockets = Path(kernel.ip)  # its Unix sockets are named by an absolute path, and removed
+    assert sockets.is_absolute() and not list(sockets.parent.glob(f"{sockets.name}*"))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notebooks", "reports"]

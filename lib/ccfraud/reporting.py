@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,10 @@ def start_kernel(notebook: Path, cwd: Path) -> Any:
     from jupyter_core.utils import run_sync
 
     spec = json.loads(Path(notebook).read_text()).get("metadata", {}).get("kernelspec", {})
-    manager = AsyncKernelManager(kernel_name=spec.get("name", "python3"),
-                                 transport="ipc" if os.name == "posix" else "tcp")
+    # Unix sockets named by an absolute path: the kernel runs in cwd, papermill connects from cwd while it
+    # executes, but a kernel papermill never reached is shut down (and its sockets removed) from anywhere.
+    sockets = {"transport": "ipc", "ip": str(Path(tempfile.gettempdir()) / f"ccfraud-kernel-{uuid.uuid4().hex}")}
+    manager = AsyncKernelManager(kernel_name=spec.get("name", "python3"), **(sockets if os.name == "posix" else {}))
     run_sync(manager.start_kernel)(extra_arguments=[KERNEL_QUICK_EXIT, "--HistoryManager.hist_file=:memory:"],
                                    cwd=str(cwd))
     return manager
