@@ -2,10 +2,12 @@
 
 import gc
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -119,3 +121,23 @@ def test_a_kernel_started_before_papermill_is_shut_down_however_the_run_ends(tmp
     sockets = Path(kernel.ip)  # its Unix sockets are named by an absolute path, and removed
     assert sockets.is_absolute() and not list(sockets.parent.glob(f"{sockets.name}*"))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notebooks", "reports"]
+
+
+def test_a_kernel_interrupted_while_it_starts_leaves_no_process_and_no_file(tmp_path, monkeypatch):
+    """Ctrl-C after the kernel's process is launched but before start_kernel returns: the process is stopped,
+    its connection file (which holds its signing key) and its socket files removed."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    async def interrupted(self, **kwargs):
+        raise KeyboardInterrupt
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the connection and socket files go
+    monkeypatch.setattr(AsyncKernelManager, "_async_post_start_kernel", interrupted)
+    notebook = write_notebook(tmp_path / "notebooks" / "01_demo.ipynb", "pass")
+    before = {child.pid for child in psutil.Process().children()}
+    with pytest.raises(KeyboardInterrupt):
+        reporting.start_kernel(notebook, tmp_path)
+    assert {child.pid for child in psutil.Process().children()} - before == set()
+    assert list(temp.iterdir()) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -226,8 +227,46 @@ def test_each_client_takes_the_credentials_in_the_environment_as_it_is_now(
 
 
 @pytest.mark.s3
+def test_a_key_rotated_in_the_credentials_file_is_the_one_the_next_transfer_signs_with(
+        s3_env: LocalS3Server, stored: str, out_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    credentials = tmp_path / "aws-credentials"
+    access, secret = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+
+    def rotate(secret_key: str) -> None:
+        credentials.write_text(f"[default]\naws_access_key_id = {access}\naws_secret_access_key = {secret_key}\n")
+
+    rotate(secret)
+    s3.download(stored, out_dir / "first.csv")
+    rotate("a-wrong-secret-of-another-length")
+    with pytest.raises(S3Error, match="wrong credentials"):
+        s3.download(stored, out_dir / "second.csv")
+    rotate(secret)
+    s3.download(stored, out_dir / "third.csv")
+
+
+def test_a_child_forked_while_a_client_is_being_made_makes_its_own():
+    """A fork while another thread holds the session lock (a gunicorn or multiprocessing fork, say): the child
+    starts with no session and a free lock, instead of waiting forever for a lock no thread of its owns."""
+    with s3._session_lock:
+        child = os.fork()
+        if child == 0:  # the child: exit 0 once it has a client, 1 on any error, 2 if stuck for 60 s
+            signal.alarm(60)
+            signal.signal(signal.SIGALRM, lambda *_: os._exit(2))
+            try:
+                s3.make_client("http://127.0.0.1:9")
+            except BaseException:
+                os._exit(1)
+            os._exit(0)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.s3
 def test_clients_made_in_many_threads_at_once_all_work(s3_env: LocalS3Server, stored: str):
-    """boto3 sessions are not thread-safe; make_client shares one under a lock, and each thread's client works."""
+    """Clients made in eight threads at once (from one shared session) all list the bucket."""
     bucket = stored.split("/")[2]
     start = threading.Barrier(8)
 

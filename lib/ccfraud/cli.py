@@ -61,7 +61,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from ccfraud import reporting
 
     params, show_code = stage_parameters(args.name, Path(args.params), args.param)
-    notebook = reporting.stage_notebook(args.name)
+    notebook = reporting.stage_notebook(args.name, Path.cwd() / reporting.NOTEBOOKS_DIR)
     kernel = reporting.start_kernel(notebook, Path.cwd())  # it boots while this process logs and imports papermill
     try:
         shown = _shown(params)

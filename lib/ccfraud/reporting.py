@@ -14,9 +14,12 @@ import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ccfraud import atomicio
+
+if TYPE_CHECKING:
+    from jupyter_client.manager import AsyncKernelManager
 
 NOTEBOOKS_DIR = Path("notebooks")
 REPORTS_DIR = Path("reports")
@@ -90,18 +93,13 @@ def run_stage_notebook(
     *,
     root: Path = Path("."),
     show_code: bool = False,
-    kernel: Any = None,
 ) -> tuple[Path, Path]:
-    """Execute ``notebooks/NN_<stage>.ipynb`` with ``parameters`` and write its ipynb and HTML reports.
-
-    ``kernel``: see :func:`run_notebook`.
-    """
+    """Execute ``notebooks/NN_<stage>.ipynb`` with ``parameters`` and write its ipynb and HTML reports."""
     root = root.resolve()
-    return run_notebook(stage_notebook(stage, root / NOTEBOOKS_DIR), parameters, root=root, show_code=show_code,
-                        kernel=kernel)
+    return run_notebook(stage_notebook(stage, root / NOTEBOOKS_DIR), parameters, root=root, show_code=show_code)
 
 
-def start_kernel(notebook: Path, cwd: Path) -> Any:
+def start_kernel(notebook: Path, cwd: Path) -> AsyncKernelManager:
     """Start ``notebook``'s kernel in ``cwd`` and return its (asyncio) kernel manager.
 
     Started before papermill is even imported: the kernel boots in its own process (0.6-0.9 s)
@@ -116,19 +114,26 @@ def start_kernel(notebook: Path, cwd: Path) -> Any:
     spec = json.loads(Path(notebook).read_text()).get("metadata", {}).get("kernelspec", {})
     # Unix sockets named by an absolute path: the kernel runs in cwd, papermill connects from cwd while it
     # executes, but a kernel papermill never reached is shut down (and its sockets removed) from anywhere.
-    sockets = {"transport": "ipc", "ip": str(Path(tempfile.gettempdir()) / f"ccfraud-kernel-{uuid.uuid4().hex}")}
+    # (Short: a Unix socket's path has at most 107 bytes.)
+    sockets = {"transport": "ipc", "ip": str(Path(tempfile.gettempdir()) / f"ccfraud-kernel-{uuid.uuid4().hex[:12]}")}
     manager = AsyncKernelManager(kernel_name=spec.get("name", "python3"), **(sockets if os.name == "posix" else {}))
-    run_sync(manager.start_kernel)(extra_arguments=[KERNEL_QUICK_EXIT, "--HistoryManager.hist_file=:memory:"],
-                                   cwd=str(cwd))
+    try:
+        run_sync(manager.start_kernel)(extra_arguments=[KERNEL_QUICK_EXIT, "--HistoryManager.hist_file=:memory:"],
+                                       cwd=str(cwd))
+    except BaseException:  # launched but not started (Ctrl-C during its boot, say): nothing of it is left
+        stop_kernel(manager)
+        raise
     return manager
 
 
-def stop_kernel(manager: Any) -> None:
+def stop_kernel(manager: AsyncKernelManager) -> None:
     """Shut a :func:`start_kernel` kernel down unless papermill did (after the last cell, or a cell's failure)."""
     from jupyter_core.utils import run_sync
 
     if manager.has_kernel:
         run_sync(manager.shutdown_kernel)(now=True)
+    else:
+        run_sync(manager.cleanup_resources)()  # its connection file (holding its signing key), its socket files
 
 
 def _started_kernel_engine() -> type:
@@ -141,17 +146,19 @@ def _started_kernel_engine() -> type:
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
     from papermill.log import logger
+    from papermill.utils import merge_kwargs, remove_args
 
     class StartedKernelEngine(NBClientEngine):
         @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, *, km, log_output=False, start_timeout=60,
-                                     execution_timeout=None, stdout_file=None, stderr_file=None, **kwargs):
-            kwargs.pop("input_path", None)
-            client = PapermillNotebookClient(nb_man, km=km, kernel_name=kernel_name, log=logger,
-                                             log_output=log_output, startup_timeout=start_timeout,
-                                             timeout=execution_timeout, stdout_file=stdout_file,
-                                             stderr_file=stderr_file, **kwargs)
-            return client.execute(cleanup_kc=True)
+        def execute_managed_notebook(cls, nb_man, kernel_name, *, km, log_output=False, stdout_file=None,
+                                     stderr_file=None, start_timeout=60, execution_timeout=None, **kwargs):
+            # The arguments as papermill's own engine passes them on (its execute_managed_notebook).
+            kwargs = remove_args(["input_path"], **kwargs)
+            final = merge_kwargs(remove_args(["timeout", "startup_timeout"], **kwargs),
+                                 timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
+                                 startup_timeout=start_timeout, kernel_name=kernel_name, log=logger,
+                                 log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
+            return PapermillNotebookClient(nb_man, km=km, **final).execute(cleanup_kc=True)
 
     return StartedKernelEngine
 
@@ -163,7 +170,7 @@ def run_notebook(
     root: Path = Path("."),
     reports_dir: Path | None = None,
     show_code: bool = False,
-    kernel: Any = None,
+    kernel: AsyncKernelManager | None = None,
 ) -> tuple[Path, Path]:
     """Execute the notebook ``source`` in ``root``; write ``<name>.ipynb`` and ``.html`` to ``reports_dir``.
 
@@ -184,7 +191,7 @@ def run_notebook(
 
 
 def _execute_and_render(source: Path, parameters: dict[str, Any], root: Path, reports_dir: Path | None,
-                        show_code: bool, kernel: Any) -> tuple[Path, Path]:
+                        show_code: bool, kernel: AsyncKernelManager) -> tuple[Path, Path]:
     without_iri_grammar()
     import papermill
     from papermill.engines import papermill_engines

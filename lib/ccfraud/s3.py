@@ -17,6 +17,7 @@ path-style because local stores rarely have wildcard DNS for ``bucket.host``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -107,13 +108,38 @@ def parse_s3_uri(uri: str, *, require_key: bool = True) -> tuple[str, str]:
     return bucket, key
 
 
-#: The boto3 session of the last client made, and the AWS_* environment it was made in.
-_session: tuple[tuple[tuple[str, str], ...], boto3.session.Session] | None = None
+#: The boto3 session of the last client made, and a digest of what its credentials came from.
+_session: tuple[bytes, boto3.session.Session] | None = None
 _session_lock = threading.Lock()
 
 
-def _aws_environment() -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((name, value) for name, value in os.environ.items() if name.startswith("AWS_")))
+def _forget_session() -> None:
+    """In a forked child: no session, and a lock no thread of the parent may be holding."""
+    global _session, _session_lock
+    _session, _session_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_session)
+
+
+def _credential_sources() -> bytes:
+    """A digest of the AWS_* variables and of the AWS config and credentials files as they are now.
+
+    The files by path, modification time and size: a key rotated in ~/.aws/credentials (``aws
+    configure``) counts as a change. A digest, so that no secret sits in a variable a traceback shows.
+    """
+    aws = sorted((name, value) for name, value in os.environ.items() if name.startswith("AWS_"))
+    files = []
+    for variable, default in (("AWS_CONFIG_FILE", "~/.aws/config"),
+                              ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials")):
+        path = os.path.expanduser(os.environ.get(variable, default))
+        try:
+            stat = os.stat(path)
+            files.append((path, stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            files.append((path, None, None))
+    return hashlib.sha256(repr((aws, files)).encode()).digest()
 
 
 def make_client(endpoint_url: str | None = None) -> Any:
@@ -121,18 +147,19 @@ def make_client(endpoint_url: str | None = None) -> Any:
 
     The endpoint is ``endpoint_url`` if given, else whatever boto3 finds on its own
     (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` or the profile), else AWS itself.
-    Credentials are read from the environment as it is now, not as it was when the first
-    client was made: the session is kept only while every ``AWS_*`` variable stays the same
-    (keys, profile, config files, endpoint). A new session re-reads botocore's description of
-    the S3 API, 0.1-0.5 s a client (20 s of the publish tests' 30 s), against 0.01 s from a kept
-    one. Sessions are not thread-safe, so clients are made under a lock; clients are.
+    Credentials are read as they are now, not as they were when the first client was made: the
+    session is kept only while every ``AWS_*`` variable (keys, profile, file locations, endpoint)
+    and the AWS config and credentials files stay the same. A new session re-reads botocore's
+    description of the S3 API, 0.1-0.5 s a client (20 s of the publish tests' 30 s), against
+    0.01 s from a kept one. Sessions are not thread-safe, so clients are made under a lock;
+    clients themselves are thread-safe.
     """
     global _session
-    environment = _aws_environment()
+    sources = _credential_sources()
     try:
         with _session_lock:
-            if _session is None or _session[0] != environment:
-                _session = (environment, boto3.session.Session())
+            if _session is None or _session[0] != sources:
+                _session = (sources, boto3.session.Session())
             return _session[1].client("s3", endpoint_url=endpoint_url or None, config=CLIENT_CONFIG)
     except ValueError:  # botocore: "Invalid endpoint: <the URL>", which may hold userinfo
         raise S3Error(
