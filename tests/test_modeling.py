@@ -183,3 +183,9 @@ def test_a_sampling_ratio_the_rows_already_exceed_is_refused_before_any_fit(spli
     ok = modeling.search_all({"random_forest": {**forest["random_forest"], "sampling_ratio": [0.5]}}, sample,
                              sample[schema.TARGET], folds=2)
     assert ok[0].n_configs == 1
+
+
+def test_the_search_heartbeat_counts_fits_and_refits_alike():
+    """Refits overlap the fits (a finished grid's refit runs before the next fold): the line names both counts."""
+    line = modeling._search_status(3, 21, 1, 4, 12.4)
+    assert "3 of 21 fits" in line and "1 of 4 refits" in line and line.endswith(", 12 s")

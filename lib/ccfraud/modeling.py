@@ -440,6 +440,12 @@ def check_sampling_ratios(candidates: dict[str, dict[str, Any]], labels: dict[st
                         f"legitimate rows{sample}")
 
 
+def _search_status(fits_done: int, fits: int, refits_done: int, candidates: int, seconds: float) -> str:
+    """The search's heartbeat line: both counts, since a finished grid's refit runs before the next fold."""
+    return (f"  still searching: {fits_done} of {fits} fits and {refits_done} of {candidates} refits done, "
+            f"{seconds:.0f} s")
+
+
 def _run_in_turn(pool: Executor, workers: int,
                  next_task: Callable[[], tuple[Callable[[], Any], Callable[[Any], None]] | None]) -> None:
     """Run tasks ``workers`` at a time on ``pool``, each chosen by ``next_task`` when a thread frees up.
@@ -523,8 +529,7 @@ def search_all(
     finished = [0]
 
     def status() -> str:
-        doing = f"fitting: {finished[0]} of {total} fits done" if finished[0] < total else "refitting"
-        return f"  still {doing}, {time.perf_counter() - started:.0f} s"
+        return _search_status(finished[0], total, len(fitted), len(grids), time.perf_counter() - started)
 
     def fit_done(number: int, index: int, fold: int, outcome: tuple[float, float]) -> None:
         nonlocal last_line
