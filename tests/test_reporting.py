@@ -1,7 +1,6 @@
 """Stage runner: notebook lookup, parameters, HTML rendering and what a failure leaves behind."""
 
 import gc
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -88,14 +87,6 @@ def test_the_kernel_runs_the_notebooks_exit_handlers_before_its_quick_exit(tmp_p
     assert marker.read_text() == "closed"
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 @pytest.mark.parametrize("ends", ["well", "in a cell's error", "before the first cell"])
 def test_a_kernel_started_before_papermill_is_shut_down_however_the_run_ends(tmp_path, ends):
     """run_notebook takes a kernel started early (reporting.start_kernel, booting while papermill is imported)
@@ -107,7 +98,7 @@ def test_a_kernel_started_before_papermill_is_shut_down_however_the_run_ends(tmp
         warnings.simplefilter("always", ResourceWarning)
         kernel = reporting.start_kernel(notebook, tmp_path)
         pid = kernel.provisioner.pid
-        assert not _gone(pid)
+        assert psutil.pid_exists(pid)
         if ends == "well":
             executed, _ = reporting.run_notebook(notebook, {"value": 2}, root=tmp_path, kernel=kernel)
             assert str(tmp_path) in executed.read_text()  # the kernel ran in root
@@ -116,7 +107,7 @@ def test_a_kernel_started_before_papermill_is_shut_down_however_the_run_ends(tmp
             with pytest.raises(Exception, match="boom in cell|not JSON serializable"):
                 reporting.run_notebook(notebook, parameters, root=tmp_path, kernel=kernel)
         gc.collect()
-    assert _gone(pid) and not kernel.has_kernel
+    assert not psutil.pid_exists(pid) and not kernel.has_kernel
     assert [str(w.message) for w in leaks if issubclass(w.category, ResourceWarning)] == []
     sockets = Path(kernel.ip)  # its Unix sockets are named by an absolute path, and removed
     assert sockets.is_absolute() and not list(sockets.parent.glob(f"{sockets.name}*"))

@@ -6,6 +6,7 @@ browser, with code cells hidden unless the stage's ``show_code`` parameter asks.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -137,15 +138,16 @@ def stop_kernel(manager: AsyncKernelManager) -> None:
         run_sync(manager.cleanup_resources)()  # its connection file (holding its signing key), its socket files
 
 
-def _started_kernel_engine() -> type:
-    """papermill's nbclient engine, on a kernel started beforehand (:func:`start_kernel`).
+@functools.cache
+def _started_kernel_engine() -> str:
+    """Register, once per process, papermill's nbclient engine on a kernel started beforehand; its name.
 
     papermill hands its engine's keyword arguments to nbclient, which runs on a given kernel
-    manager but then leaves the kernel and its client's sockets open: this engine asks nbclient
-    to shut both down after the last cell, as it does for a kernel of its own.
+    manager (:func:`start_kernel`) but then leaves the kernel and its client's sockets open: this
+    engine asks nbclient to shut both down after the last cell, as it does for a kernel of its own.
     """
     from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine
+    from papermill.engines import NBClientEngine, papermill_engines
     from papermill.log import logger
     from papermill.utils import merge_kwargs, remove_args
 
@@ -161,7 +163,8 @@ def _started_kernel_engine() -> type:
                                  log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
             return PapermillNotebookClient(nb_man, km=km, **final).execute(cleanup_kc=True)
 
-    return StartedKernelEngine
+    papermill_engines.register(STARTED_KERNEL_ENGINE, StartedKernelEngine)
+    return STARTED_KERNEL_ENGINE
 
 
 def run_notebook(
@@ -195,9 +198,7 @@ def _execute_and_render(source: Path, parameters: dict[str, Any], root: Path, re
                         show_code: bool, kernel: AsyncKernelManager) -> tuple[Path, Path]:
     without_iri_grammar()
     import papermill
-    from papermill.engines import papermill_engines
 
-    papermill_engines.register(STARTED_KERNEL_ENGINE, _started_kernel_engine())
     reports = root / REPORTS_DIR if reports_dir is None else Path(reports_dir)
     reports.mkdir(parents=True, exist_ok=True)
     executed = reports / Path(source).name
@@ -217,7 +218,7 @@ def _execute_and_render(source: Path, parameters: dict[str, Any], root: Path, re
                 cwd=str(root),
                 progress_bar=True,
                 report_mode=False,
-                engine_name=STARTED_KERNEL_ENGINE,
+                engine_name=_started_kernel_engine(),
                 km=kernel,
             )
         except BaseException:
