@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -330,6 +331,63 @@ def test_server_down_fails_fast_naming_the_endpoint(s3_env: LocalS3Server, out_d
     check_message(caught.value, s3_env,
                   f"cannot download {uri}: cannot connect to the S3 endpoint {endpoint}")
     assert_untouched(out_dir)
+
+
+class DroppingListener:
+    """A loopback TCP listener that accepts every connection and closes it at once, counting them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(), which close() alone does not
+        self.sock.close()
+        self.thread.join(timeout=5)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.parametrize(("setting", "attempts"), [(None, s3.MAX_ATTEMPTS), ("2", 2), ("1", 1)])
+def test_a_failing_call_is_tried_max_attempts_times_in_all(setting: str | None, attempts: int, tmp_path: Path,
+                                                             out_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Three attempts, first try included, unless AWS_MAX_ATTEMPTS says otherwise; the message gives the count.
+
+    (botocore's ``max_attempts`` config key counts retries: given 3, it made four attempts.)
+    """
+    isolate_aws_environment(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    if setting is not None:
+        monkeypatch.setenv(s3.MAX_ATTEMPTS_ENV, setting)
+    listener = DroppingListener()
+    try:
+        with pytest.raises(S3Error, match=f"broke during the transfer .* on each of {attempts} attempts"):
+            s3.download("s3://bucket/raw/creditcard.csv", out_dir / "creditcard.csv",
+                        endpoint_url=listener.endpoint_url)
+    finally:
+        listener.close()
+    assert listener.accepted == attempts
+    assert_untouched(out_dir)
+
+
+@pytest.mark.parametrize("setting", ["three", "0", "-1", "2.5"])
+def test_a_bad_max_attempts_setting_is_named(setting: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    isolate_aws_environment(monkeypatch, tmp_path)
+    monkeypatch.setenv(s3.MAX_ATTEMPTS_ENV, setting)
+    with pytest.raises(S3Error, match=f"AWS_MAX_ATTEMPTS must be a whole number of attempts, 1 or more; got '{setting}'"):
+        s3.make_client("http://127.0.0.1:9")
 
 
 @pytest.mark.s3

@@ -64,10 +64,6 @@ class Part:
     sha256: str
 
 
-#: s3fs client settings matching :mod:`ccfraud.s3`'s: short connect and idle-read timeouts,
-#: three attempts, path-style addressing (local S3 servers rarely have wildcard DNS).
-S3_CONFIG = {"connect_timeout": 3, "read_timeout": 15, "retries": {"max_attempts": 3, "mode": "standard"},
-             "s3": {"addressing_style": "path"}}
 
 
 def storage_options(location: str, endpoint_url: str | None = None) -> dict[str, Any]:
@@ -79,7 +75,14 @@ def storage_options(location: str, endpoint_url: str | None = None) -> dict[str,
     """
     if not str(location).startswith("s3://"):
         return {"endpoint_url": endpoint_url} if is_remote(location) and endpoint_url else {}
-    options: dict[str, Any] = {"config_kwargs": S3_CONFIG}
+    from ccfraud import s3  # boto3: only for S3 locations
+
+    # The settings of ccfraud.s3's clients: short connect and idle-read timeouts, its attempts
+    # (AWS_MAX_ATTEMPTS or three), path-style addressing (local S3 servers rarely have wildcard DNS).
+    config = s3.client_config()
+    options: dict[str, Any] = {"config_kwargs": {
+        "connect_timeout": config.connect_timeout, "read_timeout": config.read_timeout,
+        "retries": config.retries, "s3": config.s3}}
     if endpoint_url:
         options["endpoint_url"] = endpoint_url
     return options

@@ -42,9 +42,11 @@ log = logging.getLogger(__name__)
 SCHEME = "s3://"
 MiB = 1024 * 1024
 
-#: Total attempts per API call (first try included). Retries cover throttling, 5xx and
-#: dropped connections; three keeps "server down" to a few seconds of backoff.
+#: Total attempts per API call (first try included) unless ``AWS_MAX_ATTEMPTS`` (the variable every
+#: AWS SDK reads) says otherwise. Retries cover throttling, 5xx and dropped connections; three keeps
+#: "server down" to a few seconds of backoff.
 MAX_ATTEMPTS = 3
+MAX_ATTEMPTS_ENV = "AWS_MAX_ATTEMPTS"
 #: Seconds to open a TCP connection: a live server on a LAN answers in milliseconds, so a
 #: few seconds is plenty and "nothing is listening" fails fast.
 CONNECT_TIMEOUT = 3
@@ -59,19 +61,12 @@ MULTIPART_CHUNKSIZE = 8 * MiB
 DOWNLOAD_ATTEMPTS = 2
 PROGRESS_MIN_BYTES = MULTIPART_THRESHOLD
 
-CLIENT_CONFIG = Config(
-    connect_timeout=CONNECT_TIMEOUT,
-    read_timeout=READ_TIMEOUT,
-    retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
-    s3={"addressing_style": "path"},
-)
-
 TRANSFER_CONFIG = TransferConfig(
     multipart_threshold=MULTIPART_THRESHOLD,
     multipart_chunksize=MULTIPART_CHUNKSIZE,
     max_concurrency=4,
     num_download_attempts=DOWNLOAD_ATTEMPTS,
-    # The CRT client would bypass CLIENT_CONFIG (timeouts, retries); keep the classic one.
+    # The CRT client would bypass client_config() (timeouts, retries); keep the classic one.
     preferred_transfer_client="classic",
 )
 
@@ -83,6 +78,35 @@ _CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the AWS p
 
 class S3Error(RuntimeError):
     """An S3 operation failed (or its URI is malformed); the message names the object and the cause."""
+
+
+def max_attempts() -> int:
+    """Total attempts per S3 call: ``AWS_MAX_ATTEMPTS`` when set, else :data:`MAX_ATTEMPTS`.
+
+    Read on every client, so the variable works as it does for the AWS CLI and any SDK (a fixed
+    count in the client's config would override it). botocore's ``max_attempts`` config key counts
+    *retries* (three meant four attempts); ``total_max_attempts`` counts attempts, as the messages do.
+    """
+    value = os.environ.get(MAX_ATTEMPTS_ENV)
+    if value is None or not value.strip():
+        return MAX_ATTEMPTS
+    try:
+        attempts = int(value)
+    except ValueError:
+        attempts = 0
+    if attempts < 1:
+        raise S3Error(f"{MAX_ATTEMPTS_ENV} must be a whole number of attempts, 1 or more; got {value!r}")
+    return attempts
+
+
+def client_config() -> Config:
+    """The S3 client's settings: short timeouts, :func:`max_attempts` attempts, path-style addressing."""
+    return Config(
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+        retries={"total_max_attempts": max_attempts(), "mode": "standard"},
+        s3={"addressing_style": "path"},
+    )
 
 
 def parse_s3_uri(uri: str, *, require_key: bool = True) -> tuple[str, str]:
@@ -160,7 +184,7 @@ def make_client(endpoint_url: str | None = None) -> Any:
         with _session_lock:
             if _session is None or _session[0] != sources:
                 _session = (sources, boto3.session.Session())
-            return _session[1].client("s3", endpoint_url=endpoint_url or None, config=CLIENT_CONFIG)
+            return _session[1].client("s3", endpoint_url=endpoint_url or None, config=client_config())
     except ValueError:  # botocore: "Invalid endpoint: <the URL>", which may hold userinfo
         raise S3Error(
             f"invalid S3 endpoint URL {_display_endpoint(endpoint_url)!r}; expected http(s)://host:port"
@@ -384,11 +408,11 @@ def describe_failure(exc: BaseException, *, bucket: str, key: str, endpoint: str
     if mid_transfer and isinstance(exc, network_failure):
         return (
             f"the connection to the S3 server at {server} was lost mid-transfer (server stopped or "
-            f"network failed) and reconnecting failed after {MAX_ATTEMPTS} attempts"
+            f"network failed) and reconnecting failed after {max_attempts()} attempts"
         )
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
         return (
-            f"cannot connect to the S3 endpoint {server}: nothing answered after {MAX_ATTEMPTS} attempts "
+            f"cannot connect to the S3 endpoint {server}: nothing answered after {max_attempts()} attempts "
             "(is the server running and the endpoint URL right?)"
         )
     if isinstance(exc, botocore.exceptions.ReadTimeoutError | TimeoutError):
@@ -398,7 +422,7 @@ def describe_failure(exc: BaseException, *, bucket: str, key: str, endpoint: str
                   | ConnectionError):
         return (
             f"the connection to the S3 server at {server} broke during the transfer "
-            f"(server stopped or network failed) and retrying did not help"
+            f"(server stopped or network failed) on each of {max_attempts()} attempts"
         )
     if isinstance(exc, OSError) and exc.filename:
         return f"local file error on {exc.filename}: {exc.strerror or exc}"
@@ -426,7 +450,7 @@ def _describe_client_error(error: botocore.exceptions.ClientError, *, bucket: st
     if code == "NoSuchUpload":
         return "the server dropped the multipart upload before it completed"
     if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError"):
-        return f"the server failed with {code or 'an error'} (HTTP {status}) after {MAX_ATTEMPTS} attempts"
+        return f"the server failed with {code or 'an error'} (HTTP {status}) after {max_attempts()} attempts"
     message = details.get("Message", "")
     return f"the server refused the request: {code} (HTTP {status}){': ' + message if message else ''}"
 
