@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: pipeline test lint serve s3-server publish report bench clean-venv
+.PHONY: pipeline test bytecode lint serve s3-server publish report bench clean-venv
 
 # (Re)install only when the dependency list changes.
 $(STAMP): pyproject.toml
@@ -14,13 +14,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
 	touch $(STAMP)
 
+## Bytecode for lib/ (0.06 s when current): pip compiles what it installs, but not an editable
+## install's sources, and where PYTHONDONTWRITEBYTECODE is set every stage, kernel and test process
+## compiled the ccfraud modules it imports from source again.
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q lib
+
 ## Install into .venv and run the full pipeline (dvc repro) on the default data.
-pipeline: $(STAMP)
+pipeline: $(STAMP) bytecode
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 ## Install into .venv and run the test suite: one xdist worker per CPU, tests grouped so the
 ## pipeline runs once (tests/conftest.py), the 15 slowest printed.
-test: $(STAMP)
+test: $(STAMP) bytecode
 	$(BIN)/python -m pytest -n auto --dist loadgroup --durations=15
 
 lint: $(STAMP)

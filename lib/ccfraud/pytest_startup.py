@@ -1,4 +1,4 @@
-"""Loaded by pytest before the plugins it finds installed (``-p ccfraud.pytest_startup`` in pyproject.toml).
+"""Loaded by pytest before the plugins named after it (``-p ccfraud.pytest_startup`` first in pyproject.toml).
 
 nbval, a plugin, imports nbformat, whose jsonschema compiles rfc3987-syntax's IRI grammar: 2.2 s
 of every pytest process's start (``python -X importtime``), the controller's and each xdist
