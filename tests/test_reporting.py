@@ -71,6 +71,38 @@ def test_stage_params_errors_name_the_section(tmp_path):
         cli.load_stage_params("train", tmp_path / "missing.yaml")
 
 
+def test_notebook_imports_lists_the_modules_code_cells_import_at_their_top_level():
+    notebook = new_notebook()
+    notebook.cells = [
+        new_markdown_cell("import not_code"),
+        new_code_cell("import numpy as np, os.path\nfrom ccfraud import lake, schema\nfrom . import relative"),
+        new_code_cell("%matplotlib inline\nimport not_python"),  # IPython syntax: not parsed
+        new_code_cell("def f():\n    import nested\nimport numpy\nfrom pathlib import *"),
+    ]
+    assert reporting.notebook_imports(notebook) == ["numpy", "os.path", "ccfraud", "ccfraud.lake", "ccfraud.schema",
+                                                    "pathlib"]
+
+
+def test_the_kernel_boots_with_the_notebooks_imports_loaded_and_binds_none_of_their_names(tmp_path):
+    path = write_notebook(tmp_path / "notebooks" / "01_demo.ipynb",
+                          "import sys\nprint(sorted(m for m in ('colorsys', 'email.policy') if m in sys.modules), "
+                          "'colorsys' in dir(), 'policy' in dir())")
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.append(new_code_cell("import colorsys\nfrom email import policy"))
+    nbformat.write(notebook, path)
+    executed, _ = reporting.run_stage_notebook("demo", {}, root=tmp_path)
+    check = next(cell for cell in nbformat.read(executed, as_version=4).cells if cell.source.startswith("import sys"))
+    assert check.outputs[0]["text"] == "['colorsys', 'email.policy'] False False\n"
+
+
+def test_a_module_that_cannot_be_imported_still_fails_in_the_notebooks_own_cell(tmp_path):
+    write_notebook(tmp_path / "notebooks" / "01_demo.ipynb", "print('before')\nimport no_such_module_for_ccfraud")
+    with pytest.raises(Exception, match="No module named 'no_such_module_for_ccfraud'"):
+        reporting.run_stage_notebook("demo", {}, root=tmp_path)
+    failed = nbformat.read(tmp_path / "reports" / "01_demo.failed.ipynb", as_version=4)
+    assert failed.cells[-1].outputs[0]["text"] == "before\n"
+
+
 @pytest.mark.parametrize("ends", ["well", "in an error"])
 def test_the_kernel_runs_the_notebooks_exit_handlers_before_its_quick_exit(tmp_path, ends):
     """The kernel skips its module teardown (reporting.KERNEL_QUICK_EXIT), but only after every exit handler

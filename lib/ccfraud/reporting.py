@@ -6,7 +6,9 @@ browser, with code cells hidden unless the stage's ``show_code`` parameter asks.
 
 from __future__ import annotations
 
+import ast
 import functools
+import importlib
 import json
 import os
 import shutil
@@ -113,19 +115,62 @@ def start_kernel(notebook: Path, cwd: Path) -> AsyncKernelManager:
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
-    spec = json.loads(Path(notebook).read_text()).get("metadata", {}).get("kernelspec", {})
+    document = json.loads(Path(notebook).read_text())
+    spec = document.get("metadata", {}).get("kernelspec", {})
     # Unix sockets named by an absolute path: the kernel runs in cwd, papermill connects from cwd while it
     # executes, but a kernel papermill never reached is shut down (and its sockets removed) from anywhere.
     # (Short: a Unix socket's path has at most 107 bytes.)
     sockets = {"transport": "ipc", "ip": str(Path(tempfile.gettempdir()) / f"ccfraud-kernel-{uuid.uuid4().hex[:12]}")}
     manager = AsyncKernelManager(kernel_name=spec.get("name", "python3"), **(sockets if os.name == "posix" else {}))
     try:
-        run_sync(manager.start_kernel)(extra_arguments=[KERNEL_QUICK_EXIT, "--HistoryManager.hist_file=:memory:"],
-                                       cwd=str(cwd))
+        startup = [KERNEL_QUICK_EXIT + f"; from ccfraud.reporting import import_quietly; "
+                   f"import_quietly({notebook_imports(document)!r})", "--HistoryManager.hist_file=:memory:"]
+        run_sync(manager.start_kernel)(extra_arguments=startup, cwd=str(cwd))
     except BaseException:  # launched but not started (Ctrl-C during its boot, say): nothing of it is left
         stop_kernel(manager)
         raise
     return manager
+
+
+def notebook_imports(document: dict[str, Any]) -> list[str]:
+    """The modules a notebook's code cells import at their top level, in order (``from a import b``: a, a.b).
+
+    :func:`start_kernel` has its kernel import them as it boots, on the core the stage's process
+    leaves idle while it imports papermill and prepares the notebook: the notebook's own imports
+    (0.8-2.1 s of pandas, scikit-learn, matplotlib) then find them loaded. The evaluate stage: 7.8 s
+    -> 7.2 s (nine interleaved pairs, medians); its figures byte for byte the same. No name is bound:
+    only the notebook's cells bind them.
+    """
+    modules: list[str] = []
+    for cell in document.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        try:
+            tree = ast.parse("".join(cell.get("source", "")))
+        except SyntaxError:  # IPython syntax (magics): its kernel, not this parser, reads it
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                modules += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names if alias.name != "*"]
+    return list(dict.fromkeys(modules))
+
+
+def import_quietly(modules: list[str]) -> None:
+    """Import what can be imported of ``modules`` (``a.b`` may name a function, not a module), silently.
+
+    Run in a :func:`start_kernel` kernel before the notebook: a module that fails to import fails
+    again in the notebook's own cell, where its error is shown and stops the stage.
+    """
+    for name in modules:
+        parent, _, attribute = name.rpartition(".")
+        if parent in sys.modules and hasattr(sys.modules[parent], attribute):
+            continue  # from a import b, b an attribute of a (a function, a class, a loaded submodule)
+        try:
+            importlib.import_module(name)
+        except Exception:
+            continue
 
 
 def stop_kernel(manager: AsyncKernelManager) -> None:
