@@ -167,15 +167,16 @@ def test_report_renders_in_a_browser(chromium, pipeline_run, report, tmp_path_fa
     work = tmp_path_factory.mktemp(f"browser-{report}")
     url = page.resolve().as_uri()
 
-    rendered = checked_dom(pipeline_run, report, run_browser(chromium, work / "profile", "--dump-dom", url).stdout)
+    # One launch (1-2 s each) both prints the DOM as the browser built it and takes the screenshot.
+    screenshot = work / f"{report}.png"
+    dom = run_browser(chromium, work / "profile", "--dump-dom", f"--screenshot={screenshot}",
+                      f"--window-size={WINDOW[0]},{WINDOW[1]}", url).stdout
+    rendered = checked_dom(pipeline_run, report, dom)
     in_file = ReportDom()
     in_file.feed(page.read_text())
     assert len(embedded_pngs(rendered.images)) == len(embedded_pngs(in_file.images)), \
         f"{report}: the browser shows a different number of figures than the file holds"
 
-    screenshot = work / f"{report}.png"
-    run_browser(chromium, work / "profile", f"--screenshot={screenshot}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-                url)
     assert screenshot.is_file() and screenshot.read_bytes().startswith(PNG_SIGNATURE), "no screenshot written"
     with Image.open(screenshot) as image:
         assert image.size == WINDOW
