@@ -23,10 +23,11 @@ from conftest import missing_tool
 
 from ccfraud import s3_server as server_lib
 
-#: Variables that could point boto3 elsewhere than the test server.
+#: Variables that could point boto3 elsewhere than the test server, or change how often it retries.
 _FOREIGN_AWS_VARIABLES = (
     "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
     "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
 )
 
 

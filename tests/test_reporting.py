@@ -86,13 +86,13 @@ def test_notebook_imports_lists_the_modules_code_cells_import_at_their_top_level
 def test_the_kernel_boots_with_the_notebooks_imports_loaded_and_binds_none_of_their_names(tmp_path):
     path = write_notebook(tmp_path / "notebooks" / "01_demo.ipynb",
                           "import sys\nprint(sorted(m for m in ('colorsys', 'email.policy') if m in sys.modules), "
-                          "'colorsys' in dir(), 'policy' in dir())")
+                          "'colorsys' in dir(), 'policy' in dir(), 'import_quietly' in dir())")
     notebook = nbformat.read(path, as_version=4)
     notebook.cells.append(new_code_cell("import colorsys\nfrom email import policy"))
     nbformat.write(notebook, path)
     executed, _ = reporting.run_stage_notebook("demo", {}, root=tmp_path)
     check = next(cell for cell in nbformat.read(executed, as_version=4).cells if cell.source.startswith("import sys"))
-    assert check.outputs[0]["text"] == "['colorsys', 'email.policy'] False False\n"
+    assert check.outputs[0]["text"] == "['colorsys', 'email.policy'] False False False\n"
 
 
 def test_a_module_that_cannot_be_imported_still_fails_in_the_notebooks_own_cell(tmp_path):

@@ -7,6 +7,7 @@ directory left as it was (an earlier download untouched, no temp file).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -354,10 +355,10 @@ class DroppingListener:
             conn.close()
 
     def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(), which close() alone does not
+        with contextlib.suppress(OSError):  # Linux: wakes the blocked accept(), which close() alone does not
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self.thread.join(timeout=5)
-        assert not self.thread.is_alive()
 
 
 @pytest.mark.parametrize(("setting", "attempts"), [(None, s3.MAX_ATTEMPTS), ("2", 2), ("1", 1)])
@@ -374,11 +375,13 @@ def test_a_failing_call_is_tried_max_attempts_times_in_all(setting: str | None, 
         monkeypatch.setenv(s3.MAX_ATTEMPTS_ENV, setting)
     listener = DroppingListener()
     try:
-        with pytest.raises(S3Error, match=f"broke during the transfer .* on each of {attempts} attempts"):
+        made = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        with pytest.raises(S3Error, match=rf"broke during the transfer \(.*\), still after {made}$"):
             s3.download("s3://bucket/raw/creditcard.csv", out_dir / "creditcard.csv",
                         endpoint_url=listener.endpoint_url)
     finally:
         listener.close()
+    assert not listener.thread.is_alive()
     assert listener.accepted == attempts
     assert_untouched(out_dir)
 

@@ -64,8 +64,6 @@ class Part:
     sha256: str
 
 
-
-
 def storage_options(location: str, endpoint_url: str | None = None) -> dict[str, Any]:
     """fsspec options for ``location``: for S3 the endpoint, when one is given, and bounded retries and timeouts.
 

@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,8 +124,8 @@ def start_kernel(notebook: Path, cwd: Path) -> AsyncKernelManager:
     sockets = {"transport": "ipc", "ip": str(Path(tempfile.gettempdir()) / f"ccfraud-kernel-{uuid.uuid4().hex[:12]}")}
     manager = AsyncKernelManager(kernel_name=spec.get("name", "python3"), **(sockets if os.name == "posix" else {}))
     try:
-        startup = [KERNEL_QUICK_EXIT + f"; from ccfraud.reporting import import_quietly; "
-                   f"import_quietly({notebook_imports(document)!r})", "--HistoryManager.hist_file=:memory:"]
+        warm = f"; __import__('ccfraud.reporting').reporting.import_quietly({notebook_imports(document)!r})"
+        startup = [KERNEL_QUICK_EXIT + warm, "--HistoryManager.hist_file=:memory:"]
         run_sync(manager.start_kernel)(extra_arguments=startup, cwd=str(cwd))
     except BaseException:  # launched but not started (Ctrl-C during its boot, say): nothing of it is left
         stop_kernel(manager)
@@ -140,15 +141,20 @@ def notebook_imports(document: dict[str, Any]) -> list[str]:
     (0.8-2.1 s of pandas, scikit-learn, matplotlib) then find them loaded. The evaluate stage: 7.8 s
     -> 7.2 s (nine interleaved pairs, medians), its figures byte for byte the same; the Dask engine's
     end-to-end test with another process keeping a core busy: 46.7, 48.1, 56.4 s against 51.8, 53.2,
-    56.7 s (interleaved). No name is bound: only the notebook's cells bind them.
+    56.7 s (interleaved). No name is bound: only the notebook's cells bind them. What a module
+    prints or warns as it is imported happens before papermill listens, so it is not in the report,
+    and a module is imported before any cell runs: a notebook must not set up (``os.environ``,
+    ``sys.path``) what its imports read. The stage notebooks import first, then configure.
     """
     modules: list[str] = []
     for cell in document.get("cells", []):
         if cell.get("cell_type") != "code":
             continue
         try:
-            tree = ast.parse("".join(cell.get("source", "")))
-        except SyntaxError:  # IPython syntax (magics): its kernel, not this parser, reads it
+            with warnings.catch_warnings():  # an invalid escape in a cell is the kernel's to report
+                warnings.simplefilter("ignore")
+                tree = ast.parse("".join(cell.get("source", "")))
+        except (SyntaxError, ValueError):  # IPython syntax (magics), a NUL byte: the kernel reads those
             continue
         for node in tree.body:
             if isinstance(node, ast.Import):

@@ -83,8 +83,9 @@ class S3Error(RuntimeError):
 def max_attempts() -> int:
     """Total attempts per S3 call: ``AWS_MAX_ATTEMPTS`` when set, else :data:`MAX_ATTEMPTS`.
 
-    Read on every client, so the variable works as it does for the AWS CLI and any SDK (a fixed
-    count in the client's config would override it). botocore's ``max_attempts`` config key counts
+    Read on every client, so the variable works as it does for the AWS CLI (a fixed count in the
+    client's config would override it); a profile's ``max_attempts`` and ``AWS_RETRY_MODE`` are not
+    read: the mode is always botocore's "standard". botocore's ``max_attempts`` config key counts
     *retries* (three meant four attempts); ``total_max_attempts`` counts attempts, as the messages do.
     """
     value = os.environ.get(MAX_ATTEMPTS_ENV)
@@ -97,6 +98,15 @@ def max_attempts() -> int:
     if attempts < 1:
         raise S3Error(f"{MAX_ATTEMPTS_ENV} must be a whole number of attempts, 1 or more; got {value!r}")
     return attempts
+
+
+def _attempts() -> str:
+    """The attempts a failure message reports ("3 attempts"); never raises while another error is described."""
+    try:
+        count = max_attempts()
+    except S3Error:
+        count = MAX_ATTEMPTS
+    return "1 attempt" if count == 1 else f"{count} attempts"
 
 
 def client_config() -> Config:
@@ -408,11 +418,11 @@ def describe_failure(exc: BaseException, *, bucket: str, key: str, endpoint: str
     if mid_transfer and isinstance(exc, network_failure):
         return (
             f"the connection to the S3 server at {server} was lost mid-transfer (server stopped or "
-            f"network failed) and reconnecting failed after {max_attempts()} attempts"
+            f"network failed) and reconnecting failed after {_attempts()}"
         )
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
         return (
-            f"cannot connect to the S3 endpoint {server}: nothing answered after {max_attempts()} attempts "
+            f"cannot connect to the S3 endpoint {server}: nothing answered after {_attempts()} "
             "(is the server running and the endpoint URL right?)"
         )
     if isinstance(exc, botocore.exceptions.ReadTimeoutError | TimeoutError):
@@ -422,7 +432,7 @@ def describe_failure(exc: BaseException, *, bucket: str, key: str, endpoint: str
                   | ConnectionError):
         return (
             f"the connection to the S3 server at {server} broke during the transfer "
-            f"(server stopped or network failed) on each of {max_attempts()} attempts"
+            f"(server stopped or network failed), still after {_attempts()}"
         )
     if isinstance(exc, OSError) and exc.filename:
         return f"local file error on {exc.filename}: {exc.strerror or exc}"
@@ -450,7 +460,7 @@ def _describe_client_error(error: botocore.exceptions.ClientError, *, bucket: st
     if code == "NoSuchUpload":
         return "the server dropped the multipart upload before it completed"
     if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError"):
-        return f"the server failed with {code or 'an error'} (HTTP {status}) after {max_attempts()} attempts"
+        return f"the server failed with {code or 'an error'} (HTTP {status}) after {_attempts()}"
     message = details.get("Message", "")
     return f"the server refused the request: {code} (HTTP {status}){': ' + message if message else ''}"
 

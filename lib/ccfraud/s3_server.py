@@ -92,7 +92,7 @@ class LocalS3Server:
             region_name=REGION,
             aws_access_key_id=access_key or self.access_key,
             aws_secret_access_key=secret_key or self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+            config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 2},
                           connect_timeout=2, read_timeout=10),
         )
 
