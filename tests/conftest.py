@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -171,3 +175,38 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             return nodeid.rsplit("@", 1)[1] if "@" in nodeid else _group(nodeid)
 
     return GroupOrFileScheduling(config, log)
+
+
+@contextlib.contextmanager
+def closing_server(answer: bytes) -> Iterator[tuple[int, list[bytes]]]:
+    """A loopback server that reads a connection's first bytes, sends ``answer`` (may be empty) and closes it.
+
+    Yields its port and each connection's first bytes, one entry a connection.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    firsts: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with sock, contextlib.suppress(OSError):  # the clients close their sockets when they stop
+                sock.settimeout(5)
+                firsts.append(sock.recv(65536))
+                sock.sendall(answer)
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):  # until the client closes: no reset for bytes it sent meanwhile
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], firsts
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()

@@ -15,7 +15,6 @@ import http.server
 import importlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import missing_tool
+from conftest import closing_server, missing_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,38 +179,6 @@ def test_wrk_counts_failed_requests_when_asked(tmp_path):
 
 
 # --- the slow-client phase -------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def closing_server(answer: bytes) -> Iterator[tuple[int, list[bytes]]]:
-    """A loopback server that reads a connection's first bytes, sends ``answer`` (may be empty) and closes it."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.05)
-    firsts: list[bytes] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with sock, contextlib.suppress(OSError):  # the clients close their sockets when they stop
-                sock.settimeout(5)
-                firsts.append(sock.recv(65536))
-                sock.sendall(answer)
-                sock.shutdown(socket.SHUT_WR)
-                while sock.recv(65536):  # until the client closes: no reset for bytes it sent meanwhile
-                    pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1], firsts
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
-
 
 def test_slow_clients_replace_the_connections_the_server_ends_and_count_how_it_ended_them():
     answer = b'HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'

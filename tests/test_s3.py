@@ -7,13 +7,11 @@ directory left as it was (an earlier download untouched, no temp file).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -22,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import closing_server
 from s3_fixtures import isolate_aws_environment
 from test_sources import assert_untouched, closed_port, csv_text, valid_frame
 
@@ -335,32 +334,6 @@ def test_server_down_fails_fast_naming_the_endpoint(s3_env: LocalS3Server, out_d
     assert_untouched(out_dir)
 
 
-class DroppingListener:
-    """A loopback TCP listener that accepts every connection and closes it at once, counting them."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.endpoint_url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.accepted = 0
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:  # closed
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):  # Linux: wakes the blocked accept(), which close() alone does not
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
-        self.thread.join(timeout=5)
-
-
 @pytest.mark.parametrize(("setting", "attempts"), [(None, s3.MAX_ATTEMPTS), ("2", 2), ("1", 1)])
 def test_a_failing_call_is_tried_max_attempts_times_in_all(setting: str | None, attempts: int, tmp_path: Path,
                                                              out_dir: Path, monkeypatch: pytest.MonkeyPatch):
@@ -373,16 +346,12 @@ def test_a_failing_call_is_tried_max_attempts_times_in_all(setting: str | None, 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
     if setting is not None:
         monkeypatch.setenv(s3.MAX_ATTEMPTS_ENV, setting)
-    listener = DroppingListener()
-    try:
-        made = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    made = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    with closing_server(b"") as (port, requests):  # every connection closed unanswered
         with pytest.raises(S3Error, match=rf"broke during the transfer \(.*\), still after {made}$"):
             s3.download("s3://bucket/raw/creditcard.csv", out_dir / "creditcard.csv",
-                        endpoint_url=listener.endpoint_url)
-    finally:
-        listener.close()
-    assert not listener.thread.is_alive()
-    assert listener.accepted == attempts
+                        endpoint_url=f"http://127.0.0.1:{port}")
+    assert len(requests) == attempts
     assert_untouched(out_dir)
 
 

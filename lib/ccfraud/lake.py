@@ -75,12 +75,9 @@ def storage_options(location: str, endpoint_url: str | None = None) -> dict[str,
         return {"endpoint_url": endpoint_url} if is_remote(location) and endpoint_url else {}
     from ccfraud import s3  # boto3: only for S3 locations
 
-    # The settings of ccfraud.s3's clients: short connect and idle-read timeouts, its attempts
-    # (AWS_MAX_ATTEMPTS or three), path-style addressing (local S3 servers rarely have wildcard DNS).
-    config = s3.client_config()
-    options: dict[str, Any] = {"config_kwargs": {
-        "connect_timeout": config.connect_timeout, "read_timeout": config.read_timeout,
-        "retries": config.retries, "s3": config.s3}}
+    # ccfraud.s3's client settings: short timeouts, its attempts (AWS_MAX_ATTEMPTS or three),
+    # path-style addressing (local S3 servers rarely have wildcard DNS).
+    options: dict[str, Any] = {"config_kwargs": s3.client_settings()}
     if endpoint_url:
         options["endpoint_url"] = endpoint_url
     return options

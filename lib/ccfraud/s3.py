@@ -66,7 +66,7 @@ TRANSFER_CONFIG = TransferConfig(
     multipart_chunksize=MULTIPART_CHUNKSIZE,
     max_concurrency=4,
     num_download_attempts=DOWNLOAD_ATTEMPTS,
-    # The CRT client would bypass client_config() (timeouts, retries); keep the classic one.
+    # The CRT client would bypass client_settings() (timeouts, retries); keep the classic one.
     preferred_transfer_client="classic",
 )
 
@@ -109,14 +109,17 @@ def _attempts() -> str:
     return "1 attempt" if count == 1 else f"{count} attempts"
 
 
-def client_config() -> Config:
-    """The S3 client's settings: short timeouts, :func:`max_attempts` attempts, path-style addressing."""
-    return Config(
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        retries={"total_max_attempts": max_attempts(), "mode": "standard"},
-        s3={"addressing_style": "path"},
-    )
+def client_settings() -> dict[str, Any]:
+    """botocore's client settings for S3: short timeouts, :func:`max_attempts` attempts, path-style addressing.
+
+    A dict, so that s3fs takes the same ones (its ``config_kwargs``) as :func:`make_client`'s clients.
+    """
+    return {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "read_timeout": READ_TIMEOUT,
+        "retries": {"total_max_attempts": max_attempts(), "mode": "standard"},
+        "s3": {"addressing_style": "path"},
+    }
 
 
 def parse_s3_uri(uri: str, *, require_key: bool = True) -> tuple[str, str]:
@@ -194,7 +197,7 @@ def make_client(endpoint_url: str | None = None) -> Any:
         with _session_lock:
             if _session is None or _session[0] != sources:
                 _session = (sources, boto3.session.Session())
-            return _session[1].client("s3", endpoint_url=endpoint_url or None, config=client_config())
+            return _session[1].client("s3", endpoint_url=endpoint_url or None, config=Config(**client_settings()))
     except ValueError:  # botocore: "Invalid endpoint: <the URL>", which may hold userinfo
         raise S3Error(
             f"invalid S3 endpoint URL {_display_endpoint(endpoint_url)!r}; expected http(s)://host:port"
