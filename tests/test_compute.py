@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import dask
 import pytest
 
@@ -42,3 +45,30 @@ def test_a_configured_scheduler_is_used_as_it_is(dask_client):
     with dask.config.set({"scheduler-address": address}), compute.dask_client() as client:
         assert client.scheduler.address == address
         assert client.submit(sum, [1, 2, 3]).result() == 6
+
+
+def _straggle(started: str, written: str) -> None:
+    """A task that goes on after it is cancelled: it writes ``written`` only once its worker has been told."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    key = worker.get_current_task()
+    Path(started).touch()
+    while worker.state.tasks[key].state != "cancelled":
+        time.sleep(0.01)
+    time.sleep(0.2)  # still busy a while after the cancellation, as a partition being written is
+    Path(written).write_text("written after the cancellation")
+
+
+def test_abandon_returns_only_once_a_cancelled_task_that_was_running_has_ended(dask_client, tmp_path):
+    """Cancelling a future does not stop a task already running; abandon waits for its end, so a job that
+    removes its parts after abandon leaves none behind (a failed Dask download once did)."""
+    started, written = tmp_path / "started", tmp_path / "written"
+    future = dask_client.submit(_straggle, str(started), str(written), pure=False)
+    deadline = time.monotonic() + 60
+    while not started.exists():  # a wait for the task to be running, not a pause
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.01)
+    compute.abandon(dask_client, [future])
+    assert written.read_text() == "written after the cancellation"
+    assert future.cancelled()

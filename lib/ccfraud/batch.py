@@ -79,8 +79,6 @@ PARTITION_ROWS = 500_000
 CSV_BLOCK_BYTES = 64 * 2**20
 #: Seconds between progress lines.
 PROGRESS_SECONDS = 10.0
-#: Seconds a failed job waits for its tasks that are still running before removing what they wrote.
-ABANDON_TIMEOUT = 300.0
 CSV = lake.CSV
 PARQUET = lake.PARQUET
 _ROW_IN_MESSAGE = re.compile(r"first at row (\d+)")
@@ -509,28 +507,6 @@ class _Reporter:
         self._thread.join()
 
 
-def _running_keys(keys: set[str], dask_worker: Any = None) -> list[str]:
-    """Which of ``keys`` occupy a thread of this worker (cancelled ones still running included)."""
-    return [ts.key for ts in dask_worker.state.all_running_tasks if ts.key in keys]
-
-
-def _abandon(client: Any, futures: Sequence[Any], timeout: float = ABANDON_TIMEOUT) -> None:
-    """Cancel ``futures`` and wait until none of them still runs on a worker, so none writes after cleanup."""
-    client.cancel(list(futures), force=True)
-    keys = {future.key for future in futures}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            running = client.run(_running_keys, keys, on_error="ignore")
-        except Exception:  # the cluster itself is gone: nothing of it can write any more
-            return
-        if not any(running.values()):
-            return
-        time.sleep(0.05)
-    log.warning("%d task(s) still running %.0f s after the job failed; parts they write later will be removed "
-                "by the next successful commit", sum(map(len, running.values())), timeout)
-
-
 def _explain(error: BaseException, labels: dict[str, str]) -> BaseException:
     """A lost worker as a BatchError naming the partition; every other error as it is."""
     from distributed.scheduler import KilledWorker
@@ -640,7 +616,7 @@ def _run(client: Any, partitions: Sequence[Partition], job_id: str, task: _Task,
                     reporter.done_rows += part.rows
             report(reporter.line())
     except BaseException:
-        _abandon(client, list(pending))
+        compute.abandon(client, list(pending))
         _discard(task.target, task.options)
         raise
     return [part for part in parts if part is not None]

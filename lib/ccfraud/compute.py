@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +26,8 @@ CONNECT_TIMEOUT = 5.0
 LOCAL_MEMORY_SHARE = 0.6
 #: Where a local cluster's dashboard listens: this machine only, on a port the system picks.
 LOCAL_DASHBOARD = "127.0.0.1:0"
+#: Seconds a failed job waits for its tasks that are still running before removing what they wrote.
+ABANDON_TIMEOUT = 300.0
 
 
 class ComputeError(RuntimeError):
@@ -102,3 +105,31 @@ def dask_client(**local_options: Any) -> Iterator[Any]:
     with LocalCluster(**options) as cluster, Client(cluster) as client:
         log.info("local Dask cluster's dashboard: %s", cluster.dashboard_link)
         yield client
+
+
+def _running_keys(keys: set[str], dask_worker: Any = None) -> list[str]:
+    """Which of ``keys`` occupy a thread of this worker (cancelled ones still running included)."""
+    return [ts.key for ts in dask_worker.state.all_running_tasks if ts.key in keys]
+
+
+def abandon(client: Any, futures: Sequence[Any], timeout: float = ABANDON_TIMEOUT) -> None:
+    """Cancel ``futures`` and wait until none of them still runs on a worker, so none writes after cleanup.
+
+    Cancelling a future stops a task only if it has not started: one already running on a
+    worker runs to its end, and a job that removed its parts at once found a part written
+    after the removal (a failed Dask download left one behind on a busy machine). Every job
+    that writes parts on the workers calls this before removing them.
+    """
+    client.cancel(list(futures), force=True)
+    keys = {future.key for future in futures}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(_running_keys, keys, on_error="ignore")
+        except Exception:  # the cluster itself is gone: nothing of it can write any more
+            return
+        if not any(running.values()):
+            return
+        time.sleep(0.05)
+    log.warning("%d task(s) still running %.0f s after the job failed; parts they write later will be removed "
+                "by the next successful commit", sum(map(len, running.values())), timeout)

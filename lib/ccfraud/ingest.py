@@ -402,7 +402,8 @@ def _run_here(tasks: Sequence[Task], counter: progress.Parts) -> list[list[tuple
 
 def _run_on_cluster(tasks: Sequence[Task], client: Any, job_id: str,
                     counter: progress.Parts) -> list[list[tuple[lake.Part, PartitionSummary]]]:
-    """Submit one task per file or partition; results in task order. The first failure cancels the rest."""
+    """Submit one task per file or partition; results in task order. The first failure cancels the rest and
+    waits for the ones already running (:func:`ccfraud.compute.abandon`)."""
     from distributed import as_completed
 
     futures = [client.submit(function, *arguments, key=f"ingest-{job_id}-{index}", pure=False)
@@ -414,8 +415,9 @@ def _run_on_cluster(tasks: Sequence[Task], client: Any, job_id: str,
             result = future.result()  # re-raises the task's own exception (SchemaError, SourceError, ...)
             results[order[future.key]] = result
             counter.advance(sum(summary.rows for _, summary in result))
-    finally:
-        client.cancel([future for future in futures if not future.done()])
+    except BaseException:
+        compute.abandon(client, [future for future in futures if not future.done()])  # before the parts are removed
+        raise
     return results
 
 

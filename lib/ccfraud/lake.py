@@ -348,12 +348,16 @@ def write_dask(frame: Any, target: str, client: Any, *, options: dict[str, Any] 
     """
     import dask
 
+    from ccfraud import compute
+
     on_workers = for_workers(target)
     tasks = [dask.delayed(write_part)(partition, on_workers, part_stem(index), options)
              for index, partition in enumerate(frame.to_delayed())]
+    futures = client.compute(tasks)
     try:
-        parts = client.gather(client.compute(tasks))
+        parts = client.gather(futures)
     except BaseException:
+        compute.abandon(client, futures)  # a task still running would write its part after the removal
         discard_uncommitted(target, options)
         raise
     return commit(target, parts, columns=[str(c) for c in frame.columns], options=options, extra=extra)
