@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -117,6 +118,27 @@ def test_dask_partitions_are_written_by_the_workers_and_committed(tmp_path, dask
     assert [part["rows"] for part in manifest["parts"]] == [50, 50, 50, 50]
     pd.testing.assert_frame_equal(lake.read_dask(target).compute().reset_index(drop=True), source)
     lake.verify(target)
+
+
+def _bad_first_partition(part: pd.DataFrame, partition_info: dict | None = None) -> pd.DataFrame:
+    """Partition 0 fails at once; the others are still being computed and written when it does."""
+    if partition_info is not None and partition_info["number"] == 0:
+        raise ValueError("partition 0 is bad")
+    time.sleep(0.2)
+    return part
+
+
+def test_a_failed_dask_write_commits_nothing_and_leaves_none_of_its_parts(tmp_path, dask_client):
+    import dask.dataframe as dd
+
+    target = str(tmp_path / "ds")
+    lake.write_frames(frames(2), target)
+    before = lake.read_pandas(target)
+    source = dd.from_pandas(pd.concat(frames(4), ignore_index=True), npartitions=4)
+    with pytest.raises(ValueError, match="partition 0 is bad"):
+        lake.write_dask(source.map_partitions(_bad_first_partition, meta=source._meta), target, dask_client)
+    pd.testing.assert_frame_equal(lake.read_pandas(target), before)
+    assert part_files(tmp_path / "ds") == listed(target)  # the parts the other tasks wrote were removed
 
 
 def test_s3_round_trip_with_checksums(s3_env):
