@@ -29,9 +29,9 @@ CLUSTER_OPTIONS = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "
 
 #: What the test cluster leaves out of Dask's defaults, which no test reads: each worker's statistical
 #: profiler (a stack sample every 10 ms), the event-loop health tick of every server (every 20 ms) and
-#: the dashboards' system metrics (every 0.5 s). Idle, the cluster spent 1.8 s of CPU in 15 s on them
-#: (12% of a core, for as long as the session holds it), 0.6 s without. The nannies hand their
-#: configuration to the workers they start, restarted ones too.
+#: every server's system metrics for the dashboards (every 0.5 s). Idle, the cluster spent 1.8 s of
+#: CPU in 15 s on them (12% of a core, for as long as the session holds it), 0.6 s without. The
+#: nannies hand their configuration to the workers they start, restarted ones too.
 QUIET_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
                 "distributed.admin.system-monitor.interval": "2s"}
 

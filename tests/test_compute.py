@@ -54,7 +54,8 @@ def _straggle(started: str, written: str) -> None:
     worker = get_worker()
     key = worker.get_current_task()
     Path(started).touch()
-    while worker.state.tasks[key].state != "cancelled":
+    deadline = time.monotonic() + 60  # never hold the session cluster's worker for ever
+    while worker.state.tasks[key].state != "cancelled" and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)  # still busy a while after the cancellation, as a partition being written is
     Path(written).write_text("written after the cancellation")

@@ -1,4 +1,4 @@
-"""Which engine runs a stage, and the one place a Dask client is made.
+"""Which engine runs a stage, the one place a Dask client is made, and how a failed Dask job stops its tasks.
 
 ``params.yaml``'s ``compute.engine`` is ``pandas`` (the default: one process, the whole
 dataset in memory) or ``dask`` (``dask.dataframe`` on a ``distributed`` cluster, for data
@@ -107,29 +107,52 @@ def dask_client(**local_options: Any) -> Iterator[Any]:
         yield client
 
 
-def _running_keys(keys: set[str], dask_worker: Any = None) -> list[str]:
-    """Which of ``keys`` occupy a thread of this worker (cancelled ones still running included)."""
-    return [ts.key for ts in dask_worker.state.all_running_tasks if ts.key in keys]
+#: Scheduler states of a task that may still be sent to a worker.
+_SCHEDULED = frozenset({"waiting", "queued", "processing", "no-worker"})
+#: Worker states of a task that neither runs nor will: done, failed or dropped.
+_SETTLED = frozenset({"memory", "error", "released", "forgotten"})
+
+
+def _scheduled_keys(keys: set[Any], dask_scheduler: Any = None) -> list[Any]:
+    """Which of ``keys`` the scheduler may still send to a worker (a cancel it has not handled yet)."""
+    tasks = dask_scheduler.tasks
+    return [key for key in keys if key in tasks and tasks[key].state in _SCHEDULED]
+
+
+def _unsettled_keys(keys: set[Any], dask_worker: Any = None) -> list[Any]:
+    """Which of ``keys`` this worker runs or is about to run (cancelled ones still running included)."""
+    tasks = dask_worker.state.tasks
+    return [key for key in keys if key in tasks and tasks[key].state not in _SETTLED]
 
 
 def abandon(client: Any, futures: Sequence[Any], timeout: float = ABANDON_TIMEOUT) -> None:
-    """Cancel ``futures`` and wait until none of them still runs on a worker, so none writes after cleanup.
+    """Cancel ``futures`` and wait until none of them runs or is about to run anywhere, so none writes after cleanup.
 
     Cancelling a future stops a task only if it has not started: one already running on a
     worker runs to its end, and a job that removed its parts at once found a part written
     after the removal (a failed Dask download left one behind on a busy machine). Every job
-    that writes parts on the workers calls this before removing them.
+    that writes parts on the workers calls this before removing them. The cancel reaches the
+    scheduler, and its word the workers, asynchronously: this waits until the scheduler will
+    send none of the tasks to a worker and no worker holds one that is not settled, twice in a
+    row 50 ms apart (a task already on its way to a worker shows up there in the meantime).
     """
-    client.cancel(list(futures), force=True)
     keys = {future.key for future in futures}
     deadline = time.monotonic() + timeout
+    try:
+        client.cancel(list(futures), force=True)
+    except Exception:  # the client is closed: the job's error, not this one, is the one to report
+        return
+    settled_checks, unsettled = 0, 0
     while time.monotonic() < deadline:
         try:
-            running = client.run(_running_keys, keys, on_error="ignore")
+            scheduled = client.run_on_scheduler(_scheduled_keys, keys)
+            on_workers = client.run(_unsettled_keys, keys, on_error="ignore")
         except Exception:  # the cluster itself is gone: nothing of it can write any more
             return
-        if not any(running.values()):
+        unsettled = len(scheduled) + sum(len(found) for found in on_workers.values() if isinstance(found, list))
+        settled_checks = 0 if unsettled else settled_checks + 1
+        if settled_checks == 2:
             return
         time.sleep(0.05)
     log.warning("%d task(s) still running %.0f s after the job failed; parts they write later will be removed "
-                "by the next successful commit", sum(map(len, running.values())), timeout)
+                "by the next successful commit", unsettled, timeout)

@@ -416,7 +416,7 @@ def _run_on_cluster(tasks: Sequence[Task], client: Any, job_id: str,
             results[order[future.key]] = result
             counter.advance(sum(summary.rows for _, summary in result))
     except BaseException:
-        compute.abandon(client, [future for future in futures if not future.done()])  # before the parts are removed
+        compute.abandon(client, futures)  # before the parts are removed
         raise
     return results
 

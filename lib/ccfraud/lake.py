@@ -343,8 +343,9 @@ def write_dask(frame: Any, target: str, client: Any, *, options: dict[str, Any] 
     """Write every partition of a ``dask.dataframe`` as a part on the cluster, then commit on the client.
 
     A worker lost mid-job only costs its tasks: the scheduler recomputes them elsewhere and
-    they write the same bytes to the same paths. If the job fails, nothing is committed and
-    the parts it wrote are removed.
+    they write the same bytes to the same paths. If the job fails, nothing is committed and,
+    once its tasks still running have ended (:func:`ccfraud.compute.abandon`), the parts it
+    wrote are removed.
     """
     import dask
 
