@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import pytest
 import yaml
@@ -210,3 +211,21 @@ def closing_server(answer: bytes) -> Iterator[tuple[int, list[bytes]]]:
         stop.set()
         thread.join()
         listener.close()
+
+
+T = TypeVar("T")
+#: Seconds :func:`wait_until` waits for a state unless told otherwise.
+WAIT_TIMEOUT = 30.0
+
+
+def wait_until(condition: Callable[[], T], what: str, timeout: float = WAIT_TIMEOUT) -> T:
+    """Poll ``condition`` every 50 ms until it returns something truthy (returned); fail after ``timeout``.
+
+    A wait for a state, not a pause: it returns as soon as the state holds.
+    """
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+    return result

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import dask
 import pytest
+from conftest import wait_until
 
 from ccfraud import compute
 
@@ -66,10 +67,7 @@ def test_abandon_returns_only_once_a_cancelled_task_that_was_running_has_ended(d
     removes its parts after abandon leaves none behind (a failed Dask download once did)."""
     started, written = tmp_path / "started", tmp_path / "written"
     future = dask_client.submit(_straggle, str(started), str(written), pure=False)
-    deadline = time.monotonic() + 60
-    while not started.exists():  # a wait for the task to be running, not a pause
-        assert time.monotonic() < deadline, "the task never started"
-        time.sleep(0.01)
+    wait_until(started.exists, "the task running")
     compute.abandon(dask_client, [future])
     assert written.read_text() == "written after the cancellation"
     assert future.cancelled()

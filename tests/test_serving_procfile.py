@@ -22,14 +22,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import wait_until
 from procfile_server import LOOPBACK, get, listening, procfile_server, web_command, workers_ready
 
 from ccfraud import artifacts, modeling, schema, synthetic
@@ -258,7 +257,6 @@ MAX_REQUESTS = 400
 
 #: Generous: the master notices the death at once and forks from its preloaded app, but CI machines are busy.
 REPLACE_TIMEOUT = 30.0
-T = TypeVar("T")
 
 
 def worker_pids(master: int) -> set[int]:
@@ -266,16 +264,6 @@ def worker_pids(master: int) -> set[int]:
     from test_benchmarks import load_benchmark
 
     return load_benchmark("serving").child_pids(master)
-
-
-def wait_until(condition: Callable[[], T], what: str, timeout: float = REPLACE_TIMEOUT) -> T:
-    """Poll ``condition`` every 50 ms until it returns something truthy (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
-    return result
 
 
 def send_until_two_workers_answered(port: int, body: bytes, metrics_dir: Path) -> int:

@@ -149,7 +149,7 @@ def abandon(client: Any, futures: Sequence[Any], timeout: float = ABANDON_TIMEOU
             on_workers = client.run(_unsettled_keys, keys, on_error="ignore")
         except Exception:  # the cluster itself is gone: nothing of it can write any more
             return
-        unsettled = len(scheduled) + sum(len(found) for found in on_workers.values() if isinstance(found, list))
+        unsettled = len(scheduled) + sum(map(len, on_workers.values()))  # unreachable workers are left out
         settled_checks = 0 if unsettled else settled_checks + 1
         if settled_checks == 2:
             return

@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from ccfraud import atomicio
+from ccfraud import atomicio, compute
 
 MANIFEST = "_manifest.json"
 FORMAT = "ccfraud-lake/1"
@@ -348,8 +348,6 @@ def write_dask(frame: Any, target: str, client: Any, *, options: dict[str, Any] 
     wrote are removed.
     """
     import dask
-
-    from ccfraud import compute
 
     on_workers = for_workers(target)
     tasks = [dask.delayed(write_part)(partition, on_workers, part_stem(index), options)
