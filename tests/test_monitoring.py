@@ -310,10 +310,12 @@ def test_command_exits_with_the_bad_input_code_and_the_download_stages_message(r
     assert not (reports / monitoring.REPORT_FILE).exists() and not (reports / "monitor.html").exists()
 
 
-def test_command_refuses_credentials_in_the_data_uri_before_recording_anything(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("model", "data"), [("models", "https://user:hunter2@example.invalid/new.csv"),
+                                             ("s3://KEY:hunter2@bucket/models/v1/", "new.csv")])
+def test_command_refuses_credentials_in_the_data_or_model_uri_before_recording_anything(model, data, tmp_path,
+                                                                                       monkeypatch, capsys):
     reports = tmp_path / "reports"
-    code = run_cli(monkeypatch, "--model", "models", "--data", "https://user:hunter2@example.invalid/new.csv",
-                   "--reports", str(reports))
+    code = run_cli(monkeypatch, "--model", model, "--data", data, "--reports", str(reports))
     assert code == monitoring.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "carries credentials" in err and "hunter2" not in err

@@ -664,6 +664,23 @@ def test_model_is_served_from_s3(s3_env, model_dir, loaded, rows):
     np.testing.assert_allclose(probabilities, offline(loaded, rows), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("location", ["s3://AKIAEXAMPLE:hunter2@bucket/models/v1/",
+                                      "https://analyst:hunter2@example.invalid/models/v1/",
+                                      "https://example.invalid/models/v1/?token=hunter2"])
+def test_a_model_location_carrying_credentials_is_refused_and_never_shown(location, caplog):
+    """The location reaches /model, the 503 answers and the log: one with credentials is refused, shown without."""
+    with caplog.at_level(logging.INFO, logger="ccfraud"):
+        client = create_app(location).test_client()
+    response = client.get("/ready")
+    assert response.status_code == HTTPStatus.SERVICE_UNAVAILABLE
+    message = response.get_json()["error"]["message"]
+    assert message.startswith(f"model not loaded: cannot load the model from {location.split('://')[0]}://")
+    assert "the location carries credentials" in message
+    seen = message + client.get("/model").get_data(as_text=True) + client.post("/predict", json={}).get_data(
+        as_text=True) + caplog.text
+    assert "hunter2" not in seen and "AKIAEXAMPLE" not in seen and "analyst" not in seen
+
+
 @pytest.mark.s3
 def test_missing_s3_model_is_not_ready_and_leaks_no_secret(s3_env):
     location = f"s3://{s3_env.bucket}/no-such-model/"

@@ -62,6 +62,22 @@ def test_download_with_a_query_string_source_runs_without_warnings(tmp_path, cap
     assert "synthetic://?rows=2000&frauds=20&seed=3" in injected, "papermill injects the source as given"
 
 
+@pytest.mark.parametrize("value", ["https://analyst:hunter2@example.invalid/creditcard.csv",
+                                   "https://example.invalid/creditcard.csv?X-Amz-Signature=hunter2"])
+def test_a_parameter_carrying_credentials_stops_the_stage_before_any_notebook_is_written(value, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """papermill writes the parameters into the executed notebook first thing, and a failed run's notebook is
+    kept: ``ccfraud stage`` refuses the URI before a kernel, a notebook or a report exists."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"download": {"source": value, "md5": None}}))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["stage", "download", "-p", "output_path=data/raw/creditcard"])
+    message = str(stopped.value)
+    assert message.startswith("error: parameter 'source' https://example.invalid/creditcard.csv carries credentials")
+    assert "hunter2" not in message + capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
 def test_an_unparsable_parameters_cell_is_caught(tmp_path, caplog):
     """The check above would see the warning: a default with '=' in it makes papermill complain."""
     notebook = tmp_path / "notebooks" / "01_demo.ipynb"

@@ -48,24 +48,33 @@ def stage_parameters(stage: str, params_file: Path = Path("params.yaml"),
     return params, show_code
 
 
-def _shown(params: dict) -> dict:
-    """Parameters fit for the log: URIs without credentials (:func:`ccfraud.sources.redact`)."""
-    if not any(isinstance(value, str) and "://" in value for value in params.values()):
-        return params  # redact changes only URIs: spare the stage process importing sources (pandas, boto3)
-    from ccfraud.sources import redact
+def refuse_secret_parameters(params: dict) -> None:
+    """Stop (SystemExit naming the parameter) if a URI-valued parameter carries credentials.
 
-    return {key: redact(value) if isinstance(value, str) else value for key, value in params.items()}
+    papermill writes the parameters into the executed notebook before the first cell runs, and a
+    failed run's notebook is kept: the check must come before the notebook exists, not inside it.
+    """
+    uris = {key: value for key, value in params.items() if isinstance(value, str) and "://" in value}
+    if not uris:
+        return  # spare the stage process importing sources (pandas, boto3)
+    from ccfraud.sources import SourceError, refuse_credentials
+
+    try:
+        for key, value in uris.items():
+            refuse_credentials(value, what=f"parameter '{key}'")
+    except SourceError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
     from ccfraud import reporting
 
     params, show_code = stage_parameters(args.name, Path(args.params), args.param)
+    refuse_secret_parameters(params)
     notebook = reporting.stage_notebook(args.name, Path.cwd() / reporting.NOTEBOOKS_DIR)
     kernel = reporting.start_kernel(notebook, Path.cwd())  # it boots while this process logs and imports papermill
     try:
-        shown = _shown(params)
-        print(f"[ccfraud] stage '{args.name}' with parameters {shown}", file=sys.stderr, flush=True)
+        print(f"[ccfraud] stage '{args.name}' with parameters {params}", file=sys.stderr, flush=True)
     except BaseException:
         reporting.stop_kernel(kernel)
         raise
@@ -133,7 +142,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
     from ccfraud import monitoring
     from ccfraud.reporting import run_notebook
-    from ccfraud.sources import SourceError, redact, refuse_credentials
+    from ccfraud.sources import SourceError, refuse_credentials
 
     params = load_stage_params("monitor", Path(args.params))
     show_code = bool(params.pop("show_code", False))
@@ -145,6 +154,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         monitoring.Rules.from_params(params)  # bad rules fail here, not in the middle of the notebook
         # Parameters are recorded in the executed notebook: a URI with credentials must never get there.
         refuse_credentials(args.data, what="data")
+        refuse_credentials(args.model, what="model")
         if args.endpoint_url:
             refuse_credentials(args.endpoint_url, what="endpoint_url")
     except (monitoring.MonitorError, SourceError) as error:
@@ -155,7 +165,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
                   "reports_dir": str(reports), "endpoint_url": args.endpoint_url,
                   "engine": compute.get("engine", "pandas"),
                   "partition_rows": compute.get("partition_rows", monitoring.DEFAULT_PARTITION_ROWS)}
-    print(f"[ccfraud] monitor {redact(args.data)} with model {args.model} against {args.processed}",
+    print(f"[ccfraud] monitor {args.data} with model {args.model} against {args.processed}",
           file=sys.stderr, flush=True)
     (reports / monitoring.REPORT_FILE).unlink(missing_ok=True)  # no earlier verdict may pass for this one
     try:

@@ -112,14 +112,14 @@ def redact(uri: str) -> str:
     return f"{parts.scheme}://{host}{parts.path}{query}"
 
 
-def refuse_credentials(uri: str, *, what: str) -> None:
-    """Raise SourceError if ``uri`` carries userinfo or secret-looking query parameters; never echo them."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError as exc:  # e.g. an unclosed IPv6 bracket; the URI itself may hold a secret, so not shown
-        raise SourceError(f"{what}: malformed URI ({exc})") from None
+def credential_problems(uri: str) -> list[str]:
+    """What in ``uri`` looks like a credential (userinfo, secret-looking query parameters), in words; [] if nothing.
+
+    Raises ValueError for a malformed URI (e.g. an unclosed IPv6 bracket), without repeating it.
+    """
+    parts = urlsplit(uri)
     if len(parts.scheme) < 2 or "://" not in uri:
-        return  # a local path
+        return []  # a local path
     problems = []
     if "@" in parts.netloc:
         problems.append("a user name or password before '@' in the host part")
@@ -127,6 +127,15 @@ def refuse_credentials(uri: str, *, what: str) -> None:
     secret = [name for name in names if _SECRET_PARAMETER.search(name)]
     if secret:
         problems.append(f"secret-looking query parameter(s) {secret}")
+    return problems
+
+
+def refuse_credentials(uri: str, *, what: str) -> None:
+    """Raise SourceError if ``uri`` carries userinfo or secret-looking query parameters; never echo them."""
+    try:
+        problems = credential_problems(uri)
+    except ValueError as exc:  # the URI itself may hold a secret, so not shown
+        raise SourceError(f"{what}: malformed URI ({exc})") from None
     if problems:
         raise SourceError(
             f"{what} {redact(uri)} carries credentials ({'; '.join(problems)}); refusing it: parameters are "

@@ -27,7 +27,7 @@ import numpy as np
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ccfraud import artifacts, explain
+from ccfraud import artifacts, explain, sources
 from ccfraud.serving import config as serving_config
 from ccfraud.serving import model_source, openapi, payload
 from ccfraud.serving.errors import ApiError, json_response, register_error_handlers
@@ -71,17 +71,30 @@ class ModelState:
 
 
 def load_state(location: str) -> ModelState:
-    """Load and verify the model; on any failure record the reason instead of raising."""
-    state = ModelState(location=location)
+    """Load and verify the model; on any failure record the reason instead of raising.
+
+    The location is shown (``/model``, the 503 answers, the log) without credentials: one carrying
+    them (``s3://KEY:SECRET@bucket/...``, ``https://user:password@...``, ``?token=``) is refused
+    before anything that could repeat it reads it.
+    """
     try:
+        shown, problems = sources.redact(location), sources.credential_problems(location)
+    except ValueError as exc:  # the URI itself may hold a secret, so not shown
+        shown, problems = "(a malformed URI)", [str(exc)]
+    state = ModelState(location=shown)
+    try:
+        if problems:
+            raise ValueError(f"the location carries credentials ({'; '.join(problems)}); give it without them: "
+                             "S3 credentials come from the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) "
+                             "or an AWS profile")
         state.loaded = model_source.load(location)
         state.scorer = Scorer(state.loaded.model)
     except Exception as exc:  # the process must come up and say why it is not ready
-        state.error = f"cannot load the model from {location}: {exc}"
+        state.error = f"cannot load the model from {shown}: {exc}"
         log.error("%s", state.error)
         return state
     log.info("serving model %s (threshold %.4g) from %s; scoring path: %s (classifier: %s)", state.loaded.version,
-             state.loaded.threshold, location, state.scorer.path, state.scorer.classifier_path or "pipeline")
+             state.loaded.threshold, shown, state.scorer.path, state.scorer.classifier_path or "pipeline")
     try:
         state.explainer = explain.Explainer(state.loaded.model)
     except explain.UnsupportedModel as exc:
