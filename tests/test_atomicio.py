@@ -26,6 +26,25 @@ def test_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_files_get_the_umask_without_the_process_umask_ever_being_set(tmp_path, monkeypatch):
+    """The umask can only be read by setting it, process-wide: another thread writing a file meanwhile (a Dask
+    worker's threads write parts side by side) would race with that. The kernel applies it instead."""
+    previous = os.umask(0o027)
+    try:
+        calls = []
+        monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or 0)
+        atomicio.write_text(tmp_path / "part.parquet", "data")
+        with atomicio.atomic_path(tmp_path / "report.ipynb", suffix=".ipynb") as tmp:
+            assert tmp.suffix == ".ipynb" and tmp.parent == tmp_path and tmp.stat().st_size == 0
+            tmp.write_text("{}")
+        monkeypatch.undo()
+    finally:
+        os.umask(previous)
+    assert calls == []
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"part.parquet": 0o640,
+                                                                              "report.ipynb": 0o640}
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

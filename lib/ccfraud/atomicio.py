@@ -7,16 +7,27 @@ directory (same filesystem, so the rename is atomic), then ``os.replace``.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_temp_file(directory: Path, name: str, suffix: str) -> Path:
+    """A new empty file in ``directory`` (hidden, named after ``name``), with a plain ``open``'s mode.
+
+    Created with ``O_EXCL`` and mode 0o666, so the kernel applies the umask: ``mkstemp`` would
+    make it 0o600, and the umask can only be read by setting it, process-wide, which races with
+    other threads writing files (a Dask worker's threads write parts side by side): one could
+    restore the other's temporary 0 and leave every later file world-writable.
+    """
+    while True:
+        tmp = directory / f".{name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # 48 random bits taken already: draw again
+            continue
+        return tmp
 
 
 @contextmanager
@@ -29,11 +40,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates files readable by the owner only; give them the usual umask-based mode.
-    os.chmod(tmp, 0o666 & ~_current_umask())
+    tmp = _new_temp_file(path.parent, path.name, suffix)
     try:
         yield tmp
         os.replace(tmp, path)
