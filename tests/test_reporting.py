@@ -54,6 +54,22 @@ def test_failed_stage_keeps_the_failed_notebook_and_no_report(tmp_path):
     assert not list(reports.glob(".*"))
 
 
+def test_a_report_that_fails_to_render_leaves_no_report_but_the_failed_notebook(tmp_path, monkeypatch):
+    """Every cell ran, but the HTML could not be made (or the run was interrupted then): no executed notebook may
+    be left that looks like a finished stage's."""
+    write_notebook(tmp_path / "notebooks" / "01_demo.ipynb", "print(value * 21)")
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(reporting, "notebook_to_html", broken)
+    with pytest.raises(OSError, match="No space left"):
+        reporting.run_stage_notebook("demo", {"value": 2}, root=tmp_path)
+    reports = tmp_path / "reports"
+    assert sorted(p.name for p in reports.iterdir()) == ["01_demo.failed.ipynb"]
+    assert nbformat.read(reports / "01_demo.failed.ipynb", as_version=4).cells[-1].outputs[0]["text"] == "42\n"
+
+
 def test_assignments_are_read_as_yaml():
     assert cli.parse_assignments(["a=1", "b=null", "c=data/x.csv", "d=[1, 2]"]) == {
         "a": 1, "b": None, "c": "data/x.csv", "d": [1, 2]}

@@ -11,7 +11,6 @@ import functools
 import importlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 import uuid
@@ -261,6 +260,8 @@ def _execute_and_render(source: Path, parameters: dict[str, Any], root: Path, re
     warming = ThreadPoolExecutor(max_workers=1, thread_name_prefix="html")
     exporter = warming.submit(html_exporter, show_code=show_code)  # while the kernel runs
     warming.shutdown(wait=False)
+    # The HTML is rendered from the temp notebook and committed first, the notebook last: whatever fails (a cell,
+    # the render, an interrupt), no report is left that looks like a success.
     with atomicio.atomic_path(executed, suffix=".ipynb") as tmp:
         try:
             papermill.execute_notebook(
@@ -273,9 +274,19 @@ def _execute_and_render(source: Path, parameters: dict[str, Any], root: Path, re
                 engine_name=_started_kernel_engine(),
                 km=kernel,
             )
+            notebook_to_html(tmp, html, show_code=show_code, exporter=exporter.result())
         except BaseException:
-            if tmp.exists() and tmp.stat().st_size:
-                shutil.copyfile(tmp, failed)
+            html.unlink(missing_ok=True)  # rendered, then interrupted before the notebook's commit
+            _keep_failed(tmp, failed)
             raise
-    notebook_to_html(executed, html, show_code=show_code, exporter=exporter.result())
     return executed, html
+
+
+def _keep_failed(tmp: Path, failed: Path) -> None:
+    """Keep what a failed run executed as ``failed`` (to see which cell failed), if anything; never raise over the
+    run's own error."""
+    try:
+        if tmp.exists() and tmp.stat().st_size:
+            atomicio.write_bytes(failed, tmp.read_bytes())
+    except OSError as error:
+        print(f"[ccfraud] could not keep the failed notebook as {failed}: {error}", file=sys.stderr, flush=True)
