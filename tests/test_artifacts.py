@@ -93,6 +93,27 @@ def test_threshold_must_be_a_probability(trained, tmp_path):
     assert not (tmp_path / artifacts.MODEL_FILE).exists()
 
 
+def test_a_save_that_fails_before_its_last_byte_is_computed_leaves_the_model_directory_as_it_was(trained, tmp_path,
+                                                                                                 monkeypatch):
+    """The fingerprint and git run after the model is serialised: failing there (or Ctrl-C) must not leave new
+    files beside the old model.json, which would then refuse the old model and the new one alike."""
+    model, _, _, data = trained
+    out = tmp_path / "models"
+    artifacts.save_model(model, out, threshold=0.3, companions={"comparison.skops": b"the old comparison"})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = modeling.make_pipeline("logreg", "none").fit(data, data[schema.TARGET])
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts, "git_revision", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.save_model(other, out, threshold=0.4, companions={"comparison.skops": b"a new comparison"})
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    monkeypatch.undo()
+    assert artifacts.load_model(out).version == artifacts.behaviour_fingerprint(model)[:12]
+
+
 def test_version_follows_behaviour_not_file_bytes(trained, tmp_path):
     """Saving the same model twice gives the same version; a different model gets another."""
     model, out, meta, data = trained

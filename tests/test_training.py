@@ -197,7 +197,8 @@ def test_the_comparison_models_are_fitted_on_the_models_own_rows_and_saved_with_
     with ThreadPoolExecutor(max_workers=2) as beside:
         fitted = comparison.start(beside, selection.fit_sample.frame, selection.refit_sample.frame,
                                   model_legit_fraction=1.0, seed=SETTINGS["seed"]).result(chosen="logreg")
-    record = comparison.save(fitted, tmp_path)
+    payload, record = comparison.dump(fitted)
+    (tmp_path / comparison.FILE).write_bytes(payload)
     other = comparison.load(tmp_path, {comparison.METADATA_KEY: record})
     assert record["versions"]["reference"] == artifacts.behaviour_fingerprint(other.reference)[:12]
     both = pd.concat([splits.train, splits.valid], ignore_index=True)

@@ -210,13 +210,17 @@ def check_signature(metadata: dict[str, Any], key: bytes, where: str | os.PathLi
                             "after signing, or another key signed it)")
 
 
-def save_model(model: Any, out_dir: Path, *, threshold: float, extra: dict[str, Any] | None = None) -> dict:
+def save_model(model: Any, out_dir: Path, *, threshold: float, extra: dict[str, Any] | None = None,
+               companions: dict[str, bytes] | None = None) -> dict:
     """Write ``model.skops`` and ``model.json`` (checksum, features, threshold, versions, ...).
 
-    ``extra`` carries what the training run knows: metrics, params, data checksums.
-    The JSON is written last, so a reader that finds it finds a complete model. With
-    ``CCFRAUD_MODEL_SIGNING_KEY`` set, ``model.json`` carries its signature; without it
-    the model is saved unsigned, as before. Returns the metadata as written.
+    ``extra`` carries what the training run knows: metrics, params, data checksums;
+    ``companions`` other files of the model directory (name: bytes) that ``extra`` describes.
+    Every byte is computed before the first file is written, so a failure or an interrupt
+    while computing (the fingerprint, git) leaves the directory as it was; then the files
+    follow one another, companions first, the JSON last, so a reader that finds it finds a
+    complete model. With ``CCFRAUD_MODEL_SIGNING_KEY`` set, ``model.json`` carries its
+    signature; without it the model is saved unsigned, as before. Returns the metadata as written.
     """
     import skops.io as sio
 
@@ -226,7 +230,6 @@ def save_model(model: Any, out_dir: Path, *, threshold: float, extra: dict[str, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = sio.dumps(model)
-    atomicio.write_bytes(out_dir / MODEL_FILE, payload)
     sha = hashlib.sha256(payload).hexdigest()
     meta = {
         "format_version": FORMAT_VERSION,
@@ -241,7 +244,10 @@ def save_model(model: Any, out_dir: Path, *, threshold: float, extra: dict[str, 
         **(extra or {}),
     }
     meta = sign_metadata(meta, key) if key is not None else _as_json(meta)
-    atomicio.write_bytes(out_dir / METADATA_FILE, metadata_bytes(meta))
+    metadata = metadata_bytes(meta)
+    for name, data in {**(companions or {}), MODEL_FILE: payload}.items():
+        atomicio.write_bytes(out_dir / name, data)
+    atomicio.write_bytes(out_dir / METADATA_FILE, metadata)
     return meta
 
 

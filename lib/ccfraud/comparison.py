@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from ccfraud import artifacts, atomicio, baseline, modeling
+from ccfraud import artifacts, baseline, modeling
 
 FILE = "comparison.skops"
 #: The key of ``model.json`` that records the comparison file.
@@ -73,18 +73,21 @@ def start(executor: Executor, search_rows: pd.DataFrame, model_rows: pd.DataFram
                                    legit_fraction=model_legit_fraction))
 
 
-def save(comparison: Comparison, model_dir: Path) -> dict[str, Any]:
-    """Write ``comparison.skops`` (atomically) and return what ``model.json`` records about it."""
+def dump(comparison: Comparison) -> tuple[bytes, dict[str, Any]]:
+    """``comparison.skops``'s bytes, and what ``model.json`` records about them.
+
+    :func:`ccfraud.artifacts.save_model` writes them with the model (``companions``), once every
+    byte of the model directory is computed.
+    """
     import skops.io as sio
 
     payload = sio.dumps({"seed_method": comparison.seed_method, "reference": comparison.reference})
-    atomicio.write_bytes(Path(model_dir) / FILE, payload)
     # What each model does, as model_version is for the model: the file's bytes differ from save to save.
     versions = {"seed_method": artifacts.behaviour_fingerprint(comparison.seed_method)[:12],
                 "reference": None if comparison.reference is None
                 else artifacts.behaviour_fingerprint(comparison.reference)[:12]}
-    return {"sha256": hashlib.sha256(payload).hexdigest(),
-            "seed_accuracy_claim": round(float(comparison.seed_accuracy_claim), 6), "versions": versions}
+    return payload, {"sha256": hashlib.sha256(payload).hexdigest(),
+                     "seed_accuracy_claim": round(float(comparison.seed_accuracy_claim), 6), "versions": versions}
 
 
 def load(model_dir: Path, metadata: dict[str, Any]) -> Comparison:

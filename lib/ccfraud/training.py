@@ -294,6 +294,7 @@ def save_model(
     best, threshold, model = selection.best, selection.threshold, selection.model
     valid = {key: selection.valid_metrics[key] for key in ("auprc", "roc_auc", "precision", "recall", "f1", "alerts")}
     training_data = preprocess.split_digests(Path(processed_dir), TRAIN_SPLITS) if processed_dir is not None else {}
+    compared, compared_record = comparison.dump(selection.compared)
     return artifacts.save_model(
         model,
         model_dir,
@@ -309,10 +310,11 @@ def save_model(
             "split": manifest,
             "params": params,
             "candidates": search_summary(selection),
-            comparison.METADATA_KEY: comparison.save(selection.compared, model_dir),
+            comparison.METADATA_KEY: compared_record,
             "metrics": {"cv": {"auprc_mean": round(best.cv_auprc_mean, 6), "auprc_std": round(best.cv_auprc_std, 6)},
                         "valid": evaluation.rounded(valid)},
         },
+        companions={comparison.FILE: compared},
     )
 
 
