@@ -228,8 +228,11 @@ def test_timed_requests_count_answers_and_failures():
 # --- the soak's memory readings --------------------------------------------------------------------
 
 def test_rss_is_read_for_a_live_process_and_none_once_it_is_gone():
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    # Read once the child's interpreter runs (says so): right after exec, on a busy machine, it holds a few pages.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('running', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
+        assert child.stdout.readline() == b"running\n"
         assert child.pid in bench.child_pids(os.getpid())
         assert soak.rss_mb(child.pid) > 1.0
     finally:
