@@ -193,6 +193,27 @@ def test_a_bad_cell_names_file_column_and_file_row_and_leaves_the_old_scores(log
     assert part_files(target) == listed_parts(target)  # no stray parts of the failed run
 
 
+def test_an_interrupt_after_the_last_part_leaves_no_part(logreg_model_dir, transactions, tmp_path, dask_client,
+                                                          monkeypatch):
+    """Every part is written, then Ctrl-C lands while the worker plugin is unregistered: the parts must go, or the
+    next run to this output would find files and no manifest and refuse it."""
+    write_parquet_files(transactions, tmp_path / "in", 3)
+
+    def interrupted(self, name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(dask_client), "unregister_worker_plugin", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.score(str(logreg_model_dir), str(tmp_path / "in"), str(tmp_path / "out"), client=dask_client)
+    monkeypatch.undo()
+    for name in {name for names in dask_client.run(lambda dask_worker: list(dask_worker.plugins)).values()
+                 for name in names if name.startswith("ccfraud-scorer-")}:
+        dask_client.unregister_worker_plugin(name)  # the one the interrupt left registered
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").rglob("*.parquet")) == []
+    result = batch.score(str(logreg_model_dir), str(tmp_path / "in"), str(tmp_path / "out"), client=dask_client)
+    assert result.rows == len(transactions)
+
+
 def test_a_missing_column_fails_before_anything_is_scored(logreg_model_dir, transactions, tmp_path, dask_client):
     write_parquet_files(transactions, tmp_path / "in", 3)
     transactions.iloc[:10].drop(columns=["V7"]).to_parquet(tmp_path / "in" / "part.3.parquet", index=False)

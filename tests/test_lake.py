@@ -40,6 +40,46 @@ def test_a_failed_write_commits_nothing_and_keeps_the_previous_dataset(tmp_path)
     assert part_files(tmp_path / "ds") == listed(target)  # the failed write's part was removed
 
 
+def test_a_manifest_that_cannot_be_written_leaves_no_part(tmp_path, monkeypatch):
+    """The parts are written, the commit itself fails (a full disk): nothing of the job may stay."""
+    target = tmp_path / "ds"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lake.atomicio, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        lake.write_frames(frames(3), str(target))
+    assert not target.exists() or list(target.rglob("*.parquet")) == []
+
+
+def test_a_cleanup_that_fails_too_keeps_the_jobs_own_error(tmp_path, monkeypatch, caplog):
+    """The source broke, then the store could not be listed to remove the parts: the source's error is the one
+    raised, the cleanup's is logged with what is left."""
+    def failing():
+        yield frames(1)[0]
+        raise RuntimeError("source broke mid-way")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("store unreachable")
+
+    monkeypatch.setattr(lake, "_remove_unlisted", unreachable)
+    with pytest.raises(RuntimeError, match="source broke mid-way"):
+        lake.write_frames(failing(), str(tmp_path / "ds"))
+    assert "could not remove the failed job's parts under" in caplog.text and "store unreachable" in caplog.text
+
+
+@pytest.mark.parametrize(("text", "problem"), [("{not json", "it is not valid JSON"),
+                                               ('["a", "list"]', "expected a JSON object with a list of parts"),
+                                               ('{"format": "x"}', "expected a JSON object with a list of parts")])
+def test_a_manifest_that_is_not_one_is_named(tmp_path, text, problem):
+    target = tmp_path / "ds"
+    lake.write_frames(frames(1), str(target))
+    (target / lake.MANIFEST).write_text(text)
+    with pytest.raises(lake.LakeError, match=rf"^{tmp_path / 'ds'}/_manifest.json is not a manifest: {problem}"):
+        lake.read_manifest(str(target))
+
+
 def part_files(dataset) -> list[str]:
     return sorted(str(p.relative_to(dataset)) for p in dataset.rglob("*.parquet"))
 

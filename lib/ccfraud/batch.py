@@ -558,36 +558,29 @@ def score(model: str | artifacts.LoadedModel, input_location: str, output: str, 
 
     job_id = lake.new_job_id()
     plugin = ScorerPlugin(loaded, artifacts.library_versions(), name=f"ccfraud-scorer-{job_id}")
+    parts: list[lake.Part] | None = None  # set once every part is written (a failed _run removes its own)
     try:
-        client.register_plugin(plugin)  # raises a worker's setup error (other library versions, say)
-        task = _Task(plugin.name, lake.for_workers(output), out_options, loaded.threshold, loaded.version)
-        parts = _run(client, partitions, job_id, task, report, progress_seconds)
-    finally:
         try:
-            client.unregister_worker_plugin(plugin.name)
-        except Exception as error:  # the job's outcome matters more than a plugin left registered
-            log.warning("could not unregister worker plugin %s: %s", plugin.name, error)
-    extra = {"model_version": loaded.version, "model_sha256": loaded.metadata.get("sha256"),
-             "threshold": loaded.threshold, "input": input_location,
-             "sources": [{"location": p.location, "first_row": p.first_row, "rows": p.rows} for p in partitions]}
-    try:
+            client.register_plugin(plugin)  # raises a worker's setup error (other library versions, say)
+            task = _Task(plugin.name, lake.for_workers(output), out_options, loaded.threshold, loaded.version)
+            parts = _run(client, partitions, job_id, task, report, progress_seconds)
+        finally:
+            try:
+                client.unregister_worker_plugin(plugin.name)
+            except Exception as error:  # the job's outcome matters more than a plugin left registered
+                log.warning("could not unregister worker plugin %s: %s", plugin.name, error)
+        extra = {"model_version": loaded.version, "model_sha256": loaded.metadata.get("sha256"),
+                 "threshold": loaded.threshold, "input": input_location,
+                 "sources": [{"location": p.location, "first_row": p.first_row, "rows": p.rows} for p in partitions]}
         with _storage_errors(f"{output.rstrip('/')}/{lake.MANIFEST}", out_options, "write"):
             manifest = lake.commit(output, parts, columns=list(OUTPUT_COLUMNS), options=out_options, extra=extra)
-    except BaseException:
-        _discard(output, out_options)  # keeps what a manifest that did land lists
+    except BaseException:  # Ctrl-C while unregistering included
+        if parts is not None:
+            lake.discard_after_failure(output, out_options)  # keeps what a manifest that did land lists
         raise
     seconds = time.monotonic() - started
     report(f"committed {manifest['rows']:,} scored rows to {output} in {seconds:.1f} s")
     return BatchResult(output, manifest, loaded.version, len(partitions), seconds)
-
-
-def _discard(target: str, options: dict[str, Any]) -> None:
-    """Remove a failed job's parts; if the store cannot be reached either, say what is left, keep the first error."""
-    try:
-        lake.discard_uncommitted(target, options)
-    except Exception as error:
-        log.warning("could not remove the failed job's parts under %s/%s (%s); the next successful commit there "
-                    "removes them", target.rstrip("/"), lake.PARTS, error)
 
 
 def _run(client: Any, partitions: Sequence[Partition], job_id: str, task: _Task, report: Progress,
@@ -617,6 +610,6 @@ def _run(client: Any, partitions: Sequence[Partition], job_id: str, task: _Task,
             report(reporter.line())
     except BaseException:
         compute.abandon(client, list(pending))
-        _discard(task.target, task.options)
+        lake.discard_after_failure(task.target, task.options)
         raise
     return [part for part in parts if part is not None]

@@ -462,7 +462,7 @@ def uncommitted_run(target: str, options: dict[str, Any] | None) -> Iterator[str
     try:
         yield job_id
     except BaseException:
-        lake.discard_uncommitted(target, options)
+        lake.discard_after_failure(target, options)
         if not existed:
             with suppress(OSError):
                 os.rmdir(target)  # only if empty

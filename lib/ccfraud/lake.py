@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import uuid
@@ -39,6 +40,8 @@ from typing import Any
 import pandas as pd
 
 from ccfraud import atomicio, compute
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
 FORMAT = "ccfraud-lake/1"
@@ -186,6 +189,16 @@ def _remove_unlisted(fs: Any, root: str, keep: set[str]) -> None:
         fs.rm(stale)
 
 
+def discard_after_failure(target: str, options: dict[str, Any] | None = None) -> None:
+    """:func:`discard_uncommitted` for a job that failed: the job's own error is the one to raise, so a store that
+    cannot be reached either is logged (what is left, and that the next commit removes it), not raised."""
+    try:
+        discard_uncommitted(target, options)
+    except Exception as error:
+        log.warning("could not remove the failed job's parts under %s/%s (%s); the next successful commit there "
+                    "removes them", str(target).rstrip("/"), PARTS, error)
+
+
 def discard_uncommitted(target: str, options: dict[str, Any] | None = None) -> None:
     """Remove what a failed job wrote: every part the committed manifest (if any) does not list."""
     fs, root = _filesystem(target, options)
@@ -206,7 +219,12 @@ def read_manifest(target: str, options: dict[str, Any] | None = None) -> dict[st
     if not fs.exists(path):
         raise LakeError(f"no committed dataset at {target}: {MANIFEST} is missing "
                         "(a write that did not finish leaves none)")
-    manifest = json.loads(fs.cat_file(path))
+    try:
+        manifest = json.loads(fs.cat_file(path))
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise LakeError(f"{target}/{MANIFEST} is not a manifest: it is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), list):
+        raise LakeError(f"{target}/{MANIFEST} is not a manifest: expected a JSON object with a list of parts")
     if manifest.get("format") != FORMAT:
         raise LakeError(f"{target}/{MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
@@ -332,10 +350,10 @@ def write_frames(frames: Iterable[pd.DataFrame], target: str, *, options: dict[s
         for index, frame in enumerate(frames):
             columns = columns or [str(c) for c in frame.columns]
             parts.append(write_part(frame, target, part_stem(index), options))
-    except BaseException:
-        discard_uncommitted(target, options)
+        return commit(target, parts, columns=columns or [], options=options, extra=extra)
+    except BaseException:  # after the commit point too: the parts the new manifest lists are then kept
+        discard_after_failure(target, options)
         raise
-    return commit(target, parts, columns=columns or [], options=options, extra=extra)
 
 
 def write_dask(frame: Any, target: str, client: Any, *, options: dict[str, Any] | None = None,
@@ -355,8 +373,8 @@ def write_dask(frame: Any, target: str, client: Any, *, options: dict[str, Any] 
     futures = client.compute(tasks)
     try:
         parts = client.gather(futures)
-    except BaseException:
+        return commit(target, parts, columns=[str(c) for c in frame.columns], options=options, extra=extra)
+    except BaseException:  # after the commit point too: the parts the new manifest lists are then kept
         compute.abandon(client, futures)  # a task still running would write its part after the removal
-        discard_uncommitted(target, options)
+        discard_after_failure(target, options)
         raise
-    return commit(target, parts, columns=[str(c) for c in frame.columns], options=options, extra=extra)
