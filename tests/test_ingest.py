@@ -78,6 +78,24 @@ def test_a_synthetic_source_is_the_generator_s_data_in_one_part(tmp_path: Path, 
     assert manifest["source"] == SMALL and manifest["summary"]["rows"] == 3000
 
 
+def _workers_keep_dying(*arguments: Any) -> Any:
+    """What the client sees when the scheduler gives up on a task whose workers died (as a task's own error)."""
+    from types import SimpleNamespace
+
+    from distributed.scheduler import KilledWorker
+
+    raise KilledWorker("ingest-job-1", SimpleNamespace(address="tcp://127.0.0.1:1"), 3)
+
+
+def test_a_file_whose_workers_keep_dying_is_named_not_its_task_key(tmp_path: Path, dask_client: Any):
+    tasks = [(_workers_keep_dying, (), "s3://bucket/raw/huge.parquet")]
+    counter = ingest.progress.Parts("download", "test", len(tasks), stream=io.StringIO())
+    with pytest.raises(SourceError) as caught:
+        ingest._run_on_cluster(tasks, dask_client, "job", counter)
+    assert str(caught.value) == ("s3://bucket/raw/huge.parquet: the Dask workers reading it died 4 time(s) in a row "
+                                 "(out of memory? see the workers' logs); nothing was committed")
+
+
 def test_synthetic_partitions_are_the_same_bytes_on_the_cluster_and_here(tmp_path: Path, dask_client: Any):
     uri = "synthetic://?rows=2500&frauds=9&seed=1&partitions=3"
     here = ingest.download(uri, tmp_path / "here", partition_rows=500)

@@ -388,12 +388,13 @@ def parquet_files(source: str, options: dict[str, Any] | None) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 Describe = Callable[[dict[str, int], list[lake.Part]], sources.DatasetSummary]
-Task = tuple[Callable[..., list[tuple[lake.Part, PartitionSummary]]], tuple[Any, ...]]
+#: A task: the function, its arguments, and what it reads in words (a file, a synthetic partition) for errors.
+Task = tuple[Callable[..., list[tuple[lake.Part, PartitionSummary]]], tuple[Any, ...], str]
 
 
 def _run_here(tasks: Sequence[Task], counter: progress.Parts) -> list[list[tuple[lake.Part, PartitionSummary]]]:
     results = []
-    for function, arguments in tasks:
+    for function, arguments, _ in tasks:
         result = function(*arguments)
         results.append(result)
         counter.advance(sum(summary.rows for _, summary in result))
@@ -403,16 +404,23 @@ def _run_here(tasks: Sequence[Task], counter: progress.Parts) -> list[list[tuple
 def _run_on_cluster(tasks: Sequence[Task], client: Any, job_id: str,
                     counter: progress.Parts) -> list[list[tuple[lake.Part, PartitionSummary]]]:
     """Submit one task per file or partition; results in task order. The first failure cancels the rest and
-    waits for the ones already running (:func:`ccfraud.compute.abandon`)."""
+    waits for the ones already running (:func:`ccfraud.compute.abandon`). A task whose workers kept dying
+    (out of memory, say) is a SourceError naming what it read, not the scheduler's task key."""
     from distributed import as_completed
+    from distributed.scheduler import KilledWorker
 
     futures = [client.submit(function, *arguments, key=f"ingest-{job_id}-{index}", pure=False)
-               for index, (function, arguments) in enumerate(tasks)]
+               for index, (function, arguments, _) in enumerate(tasks)]
     order = {future.key: index for index, future in enumerate(futures)}
     results: list[Any] = [None] * len(futures)
     try:
         for future in as_completed(futures):
-            result = future.result()  # re-raises the task's own exception (SchemaError, SourceError, ...)
+            try:
+                result = future.result()  # re-raises the task's own exception (SchemaError, SourceError, ...)
+            except KilledWorker as error:
+                raise sources.SourceError(
+                    f"{tasks[order[future.key]][2]}: the Dask workers reading it died {error.allowed_failures + 1} "
+                    "time(s) in a row (out of memory? see the workers' logs); nothing was committed") from None
             results[order[future.key]] = result
             counter.advance(sum(summary.rows for _, summary in result))
     except BaseException:
@@ -610,7 +618,7 @@ def _convert_parquet(location: str, target: str, *, where: str, md5: str | None,
     log.info("%s: %d Parquet file(s)", where, len(files))
     with uncommitted_run(target, options) as job_id:
         tasks: list[Task] = [(parquet_file_task, (file, source_options, index, lake.for_workers(target), partition_rows,
-                                                  options))
+                                                  options), file)
                              for index, file in enumerate(files)]
         results = _execute(tasks, engine=engine, client=client, job_id=job_id,
                            counter=progress.Parts(STAGE, f"Parquet {where}", len(tasks), every=PROGRESS_SECONDS))
@@ -637,7 +645,8 @@ def write_synthetic(source: str, target: str, *, engine: str = "dask", partition
     except ValueError as exc:
         raise sources.SourceError(f"{where}: {exc}") from None
     with uncommitted_run(target, options) as job_id:
-        tasks: list[Task] = [(synthetic_task, (spec, index, lake.for_workers(target), partition_rows, options, where))
+        tasks: list[Task] = [(synthetic_task, (spec, index, lake.for_workers(target), partition_rows, options, where),
+                              f"{where}, partition {index}")
                              for index in range(spec.partitions)]
         results = _execute(tasks, engine=engine, client=client, job_id=job_id,
                            counter=progress.Parts(STAGE, f"synthetic {where}", len(tasks), every=PROGRESS_SECONDS))
