@@ -99,7 +99,7 @@ def test_a_save_that_fails_before_its_last_byte_is_computed_leaves_the_model_dir
     files beside the old model.json, which would then refuse the old model and the new one alike."""
     model, _, _, data = trained
     out = tmp_path / "models"
-    artifacts.save_model(model, out, threshold=0.3, companions={"comparison.skops": b"the old comparison"})
+    artifacts.save_model(model, out, threshold=0.3)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     other = modeling.make_pipeline("logreg", "none").fit(data, data[schema.TARGET])
 
@@ -108,7 +108,7 @@ def test_a_save_that_fails_before_its_last_byte_is_computed_leaves_the_model_dir
 
     monkeypatch.setattr(artifacts, "git_revision", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        artifacts.save_model(other, out, threshold=0.4, companions={"comparison.skops": b"a new comparison"})
+        artifacts.save_model(other, out, threshold=0.4)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     monkeypatch.undo()
     assert artifacts.load_model(out).version == artifacts.behaviour_fingerprint(model)[:12]

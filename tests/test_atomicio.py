@@ -37,8 +37,8 @@ def test_files_get_the_umask_without_the_process_umask_ever_being_set(tmp_path, 
         with atomicio.atomic_path(tmp_path / "report.ipynb", suffix=".ipynb") as tmp:
             assert tmp.suffix == ".ipynb" and tmp.parent == tmp_path and tmp.stat().st_size == 0
             tmp.write_text("{}")
-        monkeypatch.undo()
     finally:
+        monkeypatch.undo()
         os.umask(previous)
     assert calls == []
     assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"part.parquet": 0o640,

@@ -92,7 +92,7 @@ def test_a_file_whose_workers_keep_dying_is_named_not_its_task_key(tmp_path: Pat
     counter = ingest.progress.Parts("download", "test", len(tasks), stream=io.StringIO())
     with pytest.raises(SourceError) as caught:
         ingest._run_on_cluster(tasks, dask_client, "job", counter)
-    assert str(caught.value) == ("s3://bucket/raw/huge.parquet: the Dask workers reading it died 4 time(s) in a row "
+    assert str(caught.value) == ("s3://bucket/raw/huge.parquet: the Dask workers running it died 4 time(s) in a row "
                                  "(out of memory? see the workers' logs); nothing was committed")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import numpy as np
@@ -76,8 +77,25 @@ def test_a_manifest_that_is_not_one_is_named(tmp_path, text, problem):
     target = tmp_path / "ds"
     lake.write_frames(frames(1), str(target))
     (target / lake.MANIFEST).write_text(text)
-    with pytest.raises(lake.LakeError, match=rf"^{tmp_path / 'ds'}/_manifest.json is not a manifest: {problem}"):
+    with pytest.raises(lake.LakeError, match=rf"^{re.escape(str(target))}/_manifest.json is not a manifest: {problem}"):
         lake.read_manifest(str(target))
+
+
+def test_a_failed_write_over_a_manifest_it_cannot_read_removes_nothing(tmp_path, caplog):
+    """Whatever is committed there, this code cannot tell which parts are its: a failed job leaves them all."""
+    target = tmp_path / "ds"
+    lake.write_frames(frames(2), str(target))
+    (target / lake.MANIFEST).write_text("{not json")
+    before = part_files(target)
+
+    def failing():
+        yield frames(1)[0]
+        raise RuntimeError("source broke mid-way")
+
+    with pytest.raises(RuntimeError, match="mid-way"):
+        lake.write_frames(failing(), str(target))
+    assert set(before) <= set(part_files(target))
+    assert "removing nothing under" in caplog.text and "is not a manifest" in caplog.text
 
 
 def part_files(dataset) -> list[str]:

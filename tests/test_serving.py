@@ -681,6 +681,12 @@ def test_a_model_location_carrying_credentials_is_refused_and_never_shown(locati
     assert "hunter2" not in seen and "AKIAEXAMPLE" not in seen and "analyst" not in seen
 
 
+def test_a_malformed_model_location_is_named_malformed_without_being_repeated():
+    client = create_app("https://user:hunter2@[::1/models/").test_client()
+    message = client.get("/ready").get_json()["error"]["message"]
+    assert message == "model not loaded: cannot load the model from (a malformed URI): malformed URI (Invalid IPv6 URL)"
+
+
 @pytest.mark.s3
 def test_missing_s3_model_is_not_ready_and_leaks_no_secret(s3_env):
     location = f"s3://{s3_env.bucket}/no-such-model/"

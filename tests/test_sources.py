@@ -256,6 +256,8 @@ URIS_WITH_CREDENTIALS: dict[str, tuple[str, str, list[str]]] = {
     "api key and password": (f"http://{_NOWHERE}/d.csv?api_key=k3y&password=pa55", SECRET_QUERY, ["k3y", "pa55"]),
     "keys in an s3 URI": ("s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/creditcard.csv", USERINFO,
                           ["AKIAEXAMPLE", "wJalrXUtnFEMI"]),
+    "token in the fragment": (f"https://{_NOWHERE}/creditcard.csv#access_token=t0k3n", "secret-looking fragment",
+                              ["t0k3n"]),
 }
 
 

@@ -10,6 +10,7 @@ parameters ``ccfraud stage`` passes (params.yaml plus the ``-p`` pairs of dvc.ya
 import logging
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -69,13 +70,16 @@ def test_a_parameter_carrying_credentials_stops_the_stage_before_any_notebook_is
     """papermill writes the parameters into the executed notebook first thing, and a failed run's notebook is
     kept: ``ccfraud stage`` refuses the URI before a kernel, a notebook or a report exists."""
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "notebooks").mkdir()
+    notebook = reporting.stage_notebook("download", ROOT / reporting.NOTEBOOKS_DIR)
+    shutil.copyfile(notebook, tmp_path / "notebooks" / notebook.name)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"download": {"source": value, "md5": None}}))
     with pytest.raises(SystemExit) as stopped:
         cli.main(["stage", "download", "-p", "output_path=data/raw/creditcard"])
     message = str(stopped.value)
     assert message.startswith("error: parameter 'source' https://example.invalid/creditcard.csv carries credentials")
     assert "hunter2" not in message + capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notebooks", "params.yaml"]
 
 
 def test_an_unparsable_parameters_cell_is_caught(tmp_path, caplog):

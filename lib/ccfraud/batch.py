@@ -512,9 +512,7 @@ def _explain(error: BaseException, labels: dict[str, str]) -> BaseException:
     from distributed.scheduler import KilledWorker
 
     if isinstance(error, KilledWorker):
-        label = labels.get(str(error.task), str(error.task))
-        return BatchError(f"{label}: the Dask workers running it died {error.args[2] + 1} time(s) in a row "
-                          "(out of memory? see the workers' logs); nothing was committed")
+        return BatchError(compute.lost_workers_message(labels.get(str(error.task), str(error.task)), error))
     return error
 
 

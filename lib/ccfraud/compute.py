@@ -156,3 +156,10 @@ def abandon(client: Any, futures: Sequence[Any], timeout: float = ABANDON_TIMEOU
         time.sleep(0.05)
     log.warning("%d task(s) still running %.0f s after the job failed; parts they write later will be removed "
                 "by the next successful commit", unsettled, timeout)
+
+
+def lost_workers_message(label: str, error: Any) -> str:
+    """What to say when the scheduler gave up on a task (``distributed``'s KilledWorker): ``label`` names what the
+    task worked on (a file, a partition), not the scheduler's key, which means nothing to a user."""
+    return (f"{label}: the Dask workers running it died {error.allowed_failures + 1} time(s) in a row "
+            "(out of memory? see the workers' logs); nothing was committed")

@@ -418,9 +418,7 @@ def _run_on_cluster(tasks: Sequence[Task], client: Any, job_id: str,
             try:
                 result = future.result()  # re-raises the task's own exception (SchemaError, SourceError, ...)
             except KilledWorker as error:
-                raise sources.SourceError(
-                    f"{tasks[order[future.key]][2]}: the Dask workers reading it died {error.allowed_failures + 1} "
-                    "time(s) in a row (out of memory? see the workers' logs); nothing was committed") from None
+                raise sources.SourceError(compute.lost_workers_message(tasks[order[future.key]][2], error)) from None
             results[order[future.key]] = result
             counter.advance(sum(summary.rows for _, summary in result))
     except BaseException:

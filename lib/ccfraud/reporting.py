@@ -261,24 +261,27 @@ def _execute_and_render(source: Path, parameters: dict[str, Any], root: Path, re
     exporter = warming.submit(html_exporter, show_code=show_code)  # while the kernel runs
     warming.shutdown(wait=False)
     # The HTML is rendered from the temp notebook and committed first, the notebook last: whatever fails (a cell,
-    # the render, an interrupt), no report is left that looks like a success.
-    with atomicio.atomic_path(executed, suffix=".ipynb") as tmp:
-        try:
-            papermill.execute_notebook(
-                str(source),
-                str(tmp),
-                parameters=parameters,
-                cwd=str(root),
-                progress_bar=True,
-                report_mode=False,
-                engine_name=_started_kernel_engine(),
-                km=kernel,
-            )
-            notebook_to_html(tmp, html, show_code=show_code, exporter=exporter.result())
-        except BaseException:
-            html.unlink(missing_ok=True)  # rendered, then interrupted before the notebook's commit
-            _keep_failed(tmp, failed)
-            raise
+    # the render, the notebook's commit, an interrupt), no report is left that looks like a success.
+    try:
+        with atomicio.atomic_path(executed, suffix=".ipynb") as tmp:
+            try:
+                papermill.execute_notebook(
+                    str(source),
+                    str(tmp),
+                    parameters=parameters,
+                    cwd=str(root),
+                    progress_bar=True,
+                    report_mode=False,
+                    engine_name=_started_kernel_engine(),
+                    km=kernel,
+                )
+                notebook_to_html(tmp, html, show_code=show_code, exporter=exporter.result())
+            except BaseException:
+                _keep_failed(tmp, failed)
+                raise
+    except BaseException:
+        html.unlink(missing_ok=True)  # rendered, then the notebook's commit failed or was interrupted
+        raise
     return executed, html
 
 

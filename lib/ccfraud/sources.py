@@ -123,10 +123,11 @@ def credential_problems(uri: str) -> list[str]:
     problems = []
     if "@" in parts.netloc:
         problems.append("a user name or password before '@' in the host part")
-    names = [unquote_plus(item.partition("=")[0]) for item in parts.query.split("&") if item]
-    secret = [name for name in names if _SECRET_PARAMETER.search(name)]
-    if secret:
-        problems.append(f"secret-looking query parameter(s) {secret}")
+    for where, text in (("query", parts.query), ("fragment", parts.fragment)):  # #access_token=... too
+        names = [unquote_plus(item.partition("=")[0]) for item in text.split("&") if item]
+        secret = [name for name in names if _SECRET_PARAMETER.search(name)]
+        if secret:
+            problems.append(f"secret-looking {where} parameter(s) {secret}")
     return problems
 
 

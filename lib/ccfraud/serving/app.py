@@ -78,11 +78,13 @@ def load_state(location: str) -> ModelState:
     before anything that could repeat it reads it.
     """
     try:
-        shown, problems = sources.redact(location), sources.credential_problems(location)
+        shown, problems, malformed = sources.redact(location), sources.credential_problems(location), None
     except ValueError as exc:  # the URI itself may hold a secret, so not shown
-        shown, problems = "(a malformed URI)", [str(exc)]
+        shown, problems, malformed = "(a malformed URI)", [], exc
     state = ModelState(location=shown)
     try:
+        if malformed is not None:
+            raise ValueError(f"malformed URI ({malformed})")
         if problems:
             raise ValueError(f"the location carries credentials ({'; '.join(problems)}); give it without them: "
                              "S3 credentials come from the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) "
