@@ -168,6 +168,24 @@ def test_a_tampered_local_model_is_never_published(model_dir: Path, prefix: str)
     assert published_keys(prefix) == []
 
 
+def test_a_model_file_rewritten_during_the_publish_is_not_uploaded_under_the_old_version(
+        model_dir: Path, prefix: str, monkeypatch: pytest.MonkeyPatch):
+    """A train run replaces model.skops after the publish verified it: its bytes must not go up under the version
+    the old model.json names (servers would refuse that folder, and later publishes could not repair it)."""
+    verify = artifacts.verify
+
+    def verify_then_retrain(directory: Path, metadata: dict) -> Path:
+        path = verify(directory, metadata)
+        train_model(directory.parent / "retrained", seed=1)
+        shutil.copyfile(directory.parent / "retrained" / artifacts.MODEL_FILE, path)
+        return path
+
+    monkeypatch.setattr(artifacts, "verify", verify_then_retrain)
+    with pytest.raises(PublishError, match=rf"{artifacts.MODEL_FILE} changed while it was being published"):
+        publish_model(model_dir, prefix)
+    assert published_keys(prefix) == []
+
+
 def test_a_wrong_bucket_is_named(model_dir: Path, s3_env: LocalS3Server):
     with pytest.raises(s3.S3Error, match="bucket 'no-such-ccfraud-bucket' does not exist") as error:
         publish_model(model_dir, "s3://no-such-ccfraud-bucket/models/")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -91,21 +92,32 @@ def publish_model(model_dir: str | os.PathLike[str], uri_prefix: str, *, endpoin
                          key=key, endpoint_url=endpoint_url)
         log.info("model %s is already published at %s; nothing to upload", version, target)
         return target
-    if model_uri in existing:
-        # An earlier publish stopped between the two uploads: finish it if the file is this model's.
-        _check_remote_model(model_uri, metadata["sha256"], target, endpoint_url=endpoint_url)
-        log.info("completing an interrupted publish of model %s at %s", version, target)
-    else:
-        s3.upload(model_path, model_uri, endpoint_url=endpoint_url)
-    if upload_metadata is None:
-        s3.upload(model_dir / artifacts.METADATA_FILE, metadata_uri, endpoint_url=endpoint_url)
-    else:
-        with tempfile.TemporaryDirectory(prefix="ccfraud-publish-") as tmp:
-            signed = Path(tmp) / artifacts.METADATA_FILE
-            signed.write_bytes(artifacts.metadata_bytes(upload_metadata))
-            s3.upload(signed, metadata_uri, endpoint_url=endpoint_url)
+    # What is uploaded is what was verified: the model file is copied and checked again, and model.json is the
+    # metadata read above, so a train run rewriting model_dir meanwhile cannot pair its file with this version.
+    with tempfile.TemporaryDirectory(prefix="ccfraud-publish-") as tmp:
+        if model_uri in existing:
+            # An earlier publish stopped between the two uploads: finish it if the file is this model's.
+            _check_remote_model(model_uri, metadata["sha256"], target, endpoint_url=endpoint_url)
+            log.info("completing an interrupted publish of model %s at %s", version, target)
+        else:
+            s3.upload(_verified_copy(model_path, metadata["sha256"], Path(tmp), model_dir), model_uri,
+                      endpoint_url=endpoint_url)
+        described = Path(tmp) / artifacts.METADATA_FILE
+        described.write_bytes(artifacts.metadata_bytes(metadata if upload_metadata is None else upload_metadata))
+        s3.upload(described, metadata_uri, endpoint_url=endpoint_url)
     log.info("published model %s to %s", version, target)
     return target
+
+
+def _verified_copy(model_path: Path, sha256: str, into: Path, model_dir: Path) -> Path:
+    """A copy of the model file in ``into``, refused unless it still has the checksum ``model.json`` records."""
+    copy = into / model_path.name
+    shutil.copyfile(model_path, copy)
+    if artifacts.file_sha256(copy) != sha256:
+        raise PublishError(f"{model_path} changed while it was being published (its sha256 is no longer the one "
+                           f"{model_dir / artifacts.METADATA_FILE} records; a training run writing there?): "
+                           "nothing was uploaded; publish again once it has finished")
+    return copy
 
 
 def _metadata_to_upload(model_dir: Path, metadata: dict[str, Any], key: bytes | None) -> dict[str, Any] | None:
