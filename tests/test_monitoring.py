@@ -248,12 +248,14 @@ def _bad_file(tmp_path: Path, case: str) -> Path:
     elif case == "non_numeric":
         frame["V3"] = frame["V3"].astype(object)
         frame.loc[5, "V3"] = "abc"
-    if case != "missing_file":
+    if case == "extra_field":  # a trailing comma on every row: pandas would take Time for the index
+        path.write_text(frame.to_csv(index=False).replace("\n", ",\n").replace(",\n", "\n", 1))
+    elif case != "missing_file":
         frame.to_csv(path, index=False)
     return path
 
 
-@pytest.mark.parametrize("case", ["missing_file", "missing_column", "non_numeric"])
+@pytest.mark.parametrize("case", ["missing_file", "missing_column", "non_numeric", "extra_field"])
 def test_bad_input_gets_the_download_stages_error(tmp_path, case):
     path = _bad_file(tmp_path, case)
     with pytest.raises((sources.SourceError, schema.SchemaError)) as download:
@@ -266,6 +268,10 @@ def test_bad_input_gets_the_download_stages_error(tmp_path, case):
             == f"{path}: missing column(s) ['V3']"
     else:
         assert str(monitored.value) == str(download.value)
+    if case == "extra_field":
+        assert str(download.value) == (f"{path}: the rows have one field more than the header's 31 names (a trailing "
+                                       "comma, or a column without a name?): read as it is, every column would "
+                                       "shift by one")
     if case == "non_numeric":
         assert "column 'V3': 1 non-numeric value(s), first at row 5: 'abc'" in str(monitored.value)
 

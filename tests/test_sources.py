@@ -102,6 +102,10 @@ BAD_CONTENT: dict[str, tuple[str | bytes, str]] = {
         with_cell("Class", 6, 2), r"column 'Class': 1 value\(s\) outside \{0, 1\}, first at row 6"
     ),
     "ragged row": (csv_text(valid_frame()) + "1,2,3," * 12 + "\n", r"not a well-formed CSV file.*line 10"),
+    "a trailing comma on every row": (
+        csv_text(valid_frame()).replace("\n", ",\n").replace(",\n", "\n", 1),
+        r"the rows have one field more than the header's 31 names .*every column would shift by one",
+    ),
     "True/False column": (
         csv_text(valid_frame().assign(V3=[False, True] * 4)),
         r"column 'V3': 8 boolean value\(s\), expected numbers, first at row 0: False",

@@ -277,6 +277,7 @@ def csv_chunks(path: str | os.PathLike[str], *, where: str, partition_rows: int)
                 except UnicodeDecodeError as exc:
                     raise schema.SchemaError(f"{where}: not a UTF-8 text file (undecodable byte at offset "
                                              f"{exc.start} of a block); is it compressed?") from None
+                schema.check_header_covers_rows(frame, where=where)
                 if first_row == 0:
                     schema.check_columns(list(frame.columns), where=where)
                 if len(frame) == 0:  # a header and no rows

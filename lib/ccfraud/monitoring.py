@@ -508,6 +508,7 @@ def _csv_chunks(path: Path, where: str, partition_rows: int) -> Iterator[tuple[p
     try:
         with pd.read_csv(path, chunksize=partition_rows, low_memory=False) as reader:
             for chunk in reader:
+                schema.check_header_covers_rows(chunk, where=where)
                 if start == 0:  # the header is the file's, not a part's: named as the download stage names it
                     schema.check_columns(list(chunk.columns), require_target=False, where=where)
                 yield chunk, _rows_label(where, start, len(chunk), "the file"), start

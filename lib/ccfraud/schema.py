@@ -93,6 +93,19 @@ def _values_in_range(values: np.ndarray) -> bool:
     return bool(np.isfinite(values).all() and (np.abs(values) <= MAX_ABS_VALUE).all())
 
 
+def check_header_covers_rows(frame: pd.DataFrame, *, where: str) -> None:
+    """Raise SchemaError if pandas read a CSV's first column as its index.
+
+    It does so when the rows have one field more than the header (a trailing comma on every
+    row, a column without a name): every value then lands one column to the left, under a
+    name that passes the checks. A frame read with its default index has a RangeIndex.
+    """
+    if not isinstance(frame.index, pd.RangeIndex):
+        raise SchemaError(f"{where}: the rows have one field more than the header's {len(frame.columns)} names "
+                          "(a trailing comma, or a column without a name?): read as it is, every column would "
+                          "shift by one")
+
+
 def check_columns(columns: list[str], *, require_target: bool = True, where: str = "data") -> None:
     """Raise SchemaError unless ``columns`` are exactly the expected ones (order free)."""
     expected = COLUMNS if require_target else FEATURES

@@ -360,7 +360,7 @@ def _read_csv(path: Path, *, where: str) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise schema.SchemaError(f"{where}: empty file (0 bytes): no header and no data rows")
     try:
-        return pd.read_csv(path, low_memory=False)
+        frame = pd.read_csv(path, low_memory=False)
     except pd.errors.EmptyDataError:
         raise schema.SchemaError(f"{where}: empty file: blank lines only, no header, no data rows") from None
     except pd.errors.ParserError as exc:
@@ -369,6 +369,8 @@ def _read_csv(path: Path, *, where: str) -> pd.DataFrame:
         raise schema.SchemaError(
             f"{where}: not a UTF-8 text file (undecodable byte at offset {exc.start}); is it compressed?"
         ) from None
+    schema.check_header_covers_rows(frame, where=where)
+    return frame
 
 
 def read_dataset(location: str | os.PathLike[str]) -> pd.DataFrame:
