@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkSize, NoMoreData
 from jsonschema import Draft202012Validator
 
 from ccfraud import artifacts, modeling, s3, schema, synthetic
@@ -472,6 +473,26 @@ def test_chunked_body_on_a_server_that_cannot_end_it_is_a_411(client):
     response = client.post("/predict", data=body, content_type="application/json", environ_overrides=chunked)
     assert response.status_code == HTTPStatus.LENGTH_REQUIRED
     assert "Content-Length" in response.get_json()["error"]["message"]
+
+
+class _BrokenChunks:
+    """gunicorn's request body as the app reads it when the chunked framing is wrong or the client hangs up."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def read(self, size: int = -1) -> bytes:
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [InvalidChunkSize(b"zz"), ChunkMissingTerminator(b"ab"), NoMoreData(b"")],
+                         ids=["bad chunk size", "chunk without its CRLF", "client gone mid-chunk"])
+def test_a_malformed_chunked_body_is_a_400_not_a_500(client, error):
+    chunked = {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True,
+               "wsgi.input": _BrokenChunks(error)}
+    response = client.post("/predict", data=b"", content_type="application/json", environ_overrides=chunked)
+    assert response.status_code == HTTPStatus.BAD_REQUEST
+    assert response.get_json()["error"]["message"] == f"malformed chunked request body: {error}"
 
 
 def test_row_limit_message_names_the_limit(client):

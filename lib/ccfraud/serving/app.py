@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from flask import Flask, Response, request
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ccfraud import artifacts, explain, sources
@@ -186,6 +187,8 @@ def _request_body() -> bytes:
         length = request.content_length
         announced = f"the {length} bytes its Content-Length announced" if length is not None else "its chunked body"
         raise ApiError(HTTPStatus.REQUEST_TIMEOUT, f"{exc}: {announced} had not all arrived") from None
+    except (ParseException, NoMoreData) as exc:  # gunicorn parses a chunked body's framing only as it is read
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"malformed chunked request body: {exc}") from None
 
 
 def _read_body() -> bytes:
