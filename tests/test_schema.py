@@ -2,6 +2,7 @@
 
 import io
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -107,6 +108,17 @@ def test_booleans_are_not_numbers(values, count, row, shown):
                                                  rf"expected numbers, first at row {row}: {shown}$") as raised:
         schema.validate_dataset(frame().assign(V3=values), where="creditcard.csv")
     assert (raised.value.column, raised.value.row) == ("V3", row)
+
+
+@pytest.mark.parametrize("values", [pd.to_datetime(["2024-01-01 10:00", "2024-01-01 10:05", "2024-01-01 11:00",
+                                                   "2024-01-02 09:00"]),
+                                    pd.to_timedelta([0, 300, 3600, 82800], unit="s")], ids=["timestamps", "durations"])
+def test_timestamps_are_not_numbers(values):
+    """A Parquet Time column of timestamps is not seconds: pandas would make it nanoseconds since 1970."""
+    with pytest.raises(schema.SchemaError, match=rf"^new.parquet: column 'Time': {re.escape(str(values.dtype))} "
+                                                 rf"values, expected numbers, first at row 0: {values[0]}$") as raised:
+        schema.validate_dataset(frame().assign(Time=values), where="new.parquet")
+    assert (raised.value.column, raised.value.row) == ("Time", 0)
 
 
 def test_a_csv_true_false_column_is_refused_not_read_as_one_and_zero():

@@ -143,6 +143,12 @@ def coerce_numeric(frame: pd.DataFrame, columns: list[str], *, where: str = "dat
     out = {}
     for column in columns:
         raw = frame[column]
+        if raw.dtype.kind in "mM":  # Parquet timestamps or durations: to_numeric would make them counts of ns
+            row = _first_bad_row(raw.notna().to_numpy()) if raw.notna().any() else 0
+            raise SchemaError(
+                f"{where}: column '{column}': {raw.dtype} values, expected numbers, first at row {row + first_row}: "
+                f"{raw.iloc[row]}", column=column, row=row + first_row
+            )
         booleans = _booleans(raw)
         if booleans.any():
             row = _first_bad_row(booleans)
