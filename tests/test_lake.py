@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,12 @@ from ccfraud import lake
 
 def frames(count: int = 3, rows: int = 50) -> list[pd.DataFrame]:
     return [pd.DataFrame({"a": np.arange(rows) + i * rows, "b": np.full(rows, float(i))}) for i in range(count)]
+
+
+def breaking_after_one_frame() -> Iterator[pd.DataFrame]:
+    """A source that yields one frame, then fails."""
+    yield frames(1)[0]
+    raise RuntimeError("source broke mid-way")
 
 
 def test_written_frames_read_back_in_order_with_a_manifest(tmp_path):
@@ -31,12 +38,8 @@ def test_a_failed_write_commits_nothing_and_keeps_the_previous_dataset(tmp_path)
     lake.write_frames(frames(2), target)
     before = lake.read_pandas(target)
 
-    def failing():
-        yield frames(1)[0]
-        raise RuntimeError("source broke mid-way")
-
     with pytest.raises(RuntimeError, match="mid-way"):
-        lake.write_frames(failing(), target)
+        lake.write_frames(breaking_after_one_frame(), target)
     pd.testing.assert_frame_equal(lake.read_pandas(target), before)
     assert part_files(tmp_path / "ds") == listed(target)  # the failed write's part was removed
 
@@ -57,16 +60,12 @@ def test_a_manifest_that_cannot_be_written_leaves_no_part(tmp_path, monkeypatch)
 def test_a_cleanup_that_fails_too_keeps_the_jobs_own_error(tmp_path, monkeypatch, caplog):
     """The source broke, then the store could not be listed to remove the parts: the source's error is the one
     raised, the cleanup's is logged with what is left."""
-    def failing():
-        yield frames(1)[0]
-        raise RuntimeError("source broke mid-way")
-
     def unreachable(*args, **kwargs):
         raise ConnectionError("store unreachable")
 
     monkeypatch.setattr(lake, "_remove_unlisted", unreachable)
     with pytest.raises(RuntimeError, match="source broke mid-way"):
-        lake.write_frames(failing(), str(tmp_path / "ds"))
+        lake.write_frames(breaking_after_one_frame(), str(tmp_path / "ds"))
     assert "could not remove the failed job's parts under" in caplog.text and "store unreachable" in caplog.text
 
 
@@ -88,12 +87,8 @@ def test_a_failed_write_over_a_manifest_it_cannot_read_removes_nothing(tmp_path,
     (target / lake.MANIFEST).write_text("{not json")
     before = part_files(target)
 
-    def failing():
-        yield frames(1)[0]
-        raise RuntimeError("source broke mid-way")
-
     with pytest.raises(RuntimeError, match="mid-way"):
-        lake.write_frames(failing(), str(target))
+        lake.write_frames(breaking_after_one_frame(), str(target))
     assert set(before) <= set(part_files(target))
     assert "removing nothing under" in caplog.text and "is not a manifest" in caplog.text
 

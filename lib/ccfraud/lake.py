@@ -202,14 +202,13 @@ def discard_after_failure(target: str, options: dict[str, Any] | None = None) ->
 def discard_uncommitted(target: str, options: dict[str, Any] | None = None) -> None:
     """Remove what a failed job wrote: every part the committed manifest (if any) does not list."""
     fs, root = _filesystem(target, options)
-    if not fs.exists(f"{root}/{MANIFEST}"):
-        keep: set[str] = set()  # nothing committed there: every part is the failed job's
-    else:
-        try:
-            keep = {part["path"] for part in read_manifest(target, options)["parts"]}
-        except LakeError as error:  # a committed dataset this code cannot read: not ours to clear
+    try:
+        keep = {part["path"] for part in read_manifest(target, options)["parts"]}
+    except LakeError as error:
+        if fs.exists(f"{root}/{MANIFEST}"):  # a committed dataset this code cannot read: not ours to clear
             log.warning("removing nothing under %s: %s", str(target).rstrip("/"), error)
             return
+        keep = set()  # nothing committed there: every part is the failed job's
     _remove_unlisted(fs, root, keep)
     if not keep and not is_remote(target) and os.path.isdir(f"{root}/{PARTS}"):
         with contextlib.suppress(OSError):

@@ -121,7 +121,7 @@ def _verified_copy(model_path: Path, sha256: str, into: Path, model_dir: Path) -
 
 
 def _metadata_to_upload(model_dir: Path, metadata: dict[str, Any], key: bytes | None) -> dict[str, Any] | None:
-    """The signed metadata to upload instead of the local model.json, or None to upload that file as it is."""
+    """The signed metadata to upload instead of the local model.json, or None to upload the local metadata as read."""
     where = model_dir / artifacts.METADATA_FILE
     if key is None:
         if artifacts.SIGNATURE_FIELD not in metadata:
