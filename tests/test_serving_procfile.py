@@ -437,6 +437,42 @@ def test_a_request_not_complete_within_the_read_timeout_gets_408_and_its_connect
     assert "408 to 127.0.0.1: the request headers did not arrive" in log_path.read_text()
 
 
+def exchange(port: int, request: bytes) -> bytes:
+    """Send raw ``request`` bytes and read until the server closes the connection."""
+    with socket.create_connection((LOOPBACK, port), timeout=NORMAL_TIMEOUT) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+#: Requests gunicorn refuses before the application sees them: (raw request, status, what the message names).
+UNPARSABLE = {
+    "request line over 4,094 bytes": (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                                      414, "Request Line is too large (5014 > 4094)"),
+    "header over 8,190 bytes": (b"GET /ready HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+                                431, "limit request headers fields size"),
+    "header name with a space": (b"GET /ready HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
+                                 400, "Invalid HTTP header name: 'Bad Name'"),
+    "request line without a version": (b"GET /ready\r\nHost: x\r\n\r\n", 400, "Invalid HTTP request line: 'GET /ready'"),
+}
+
+
+def test_requests_refused_before_the_app_get_the_apis_json_error_not_gunicorns_html_page(model_dir, tmp_path):
+    """A client parsing the API's errors gets the same shape for what gunicorn refuses: the status gunicorn
+    chose, a message naming the problem, ``Connection: close``; the server serves on."""
+    with procfile_server(model_dir, tmp_path) as (port, log_path):
+        for what, (request, expected_status, message) in UNPARSABLE.items():
+            status, headers, body = parse_answer(exchange(port, request))
+            assert (status, headers["content-type"], headers["connection"]) == (
+                expected_status, "application/json", "close"), what
+            assert body["error"]["status"] == expected_status, what
+            assert message in body["error"]["message"], (what, body)
+        assert get(port, "/ready")[0] == 200
+    assert "Invalid request from ip=127.0.0.1: Invalid HTTP header name: 'Bad Name'" in log_path.read_text()
+
+
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf", ""])
 def test_a_malformed_read_timeout_stops_the_server_at_start_up(monkeypatch, value):
     from ccfraud.serving.worker import BoundedGeventWorker

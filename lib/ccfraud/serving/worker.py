@@ -16,6 +16,10 @@ Either way the connection is then closed. A connection on which no request start
 is closed quietly: after that time if it never sent one, after gunicorn's
 ``--keep-alive`` between two requests.
 
+Whatever else gunicorn refuses before the application runs (a request line or a
+header over its limits, a malformed one) is answered in the API's JSON error shape
+too, with gunicorn's status: a client never has to parse an HTML page.
+
 Threads stay real threads: the monkey-patching leaves ``threading`` and ``queue``
 alone, so a big batch still scores its trees in one thread per CPU (a patched
 thread pool would be greenlets taking turns on one core). ``ssl`` is left alone too:
@@ -35,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import monkey
 from gunicorn import util
+from gunicorn.http.errors import InvalidResponseHeader, InvalidResponseHeaderName, ParseException
 from gunicorn.workers.ggevent import GeventWorker
 
 from ccfraud.serving import config as serving_config
@@ -188,11 +193,51 @@ class BoundedGeventWorker(GeventWorker):
             raise StopIteration from exc  # gunicorn closes the connection
 
     def handle_error(self, req: Request | None, client: socket.socket, addr: Any, exc: BaseException) -> None:
-        if not isinstance(exc, HeadersTimeout):
-            super().handle_error(req, client, addr, exc)
-            return
-        self.log.info("408 to %s: %s", addr[0] if addr else "?", exc)
+        """Answer what failed before the application ran in the API's JSON error shape, not gunicorn's HTML page.
+
+        gunicorn still logs the error and picks its status (431 for a header over
+        ``--limit-request-field_size``, 414 for a request line over ``--limit-request-line``,
+        400 for a malformed one...); only the body it would send is replaced.
+        """
+        if isinstance(exc, HeadersTimeout):
+            self.log.info("408 to %s: %s", addr[0] if addr else "?", exc)
+            answer = _json_error(HTTPStatus.REQUEST_TIMEOUT, str(exc))
+        else:
+            page = _CapturedWrites(client)
+            super().handle_error(req, page, addr, exc)
+            answer = _as_json_error(page.sent, exc)
         with contextlib.suppress(OSError):
-            client.sendall(_json_error(HTTPStatus.REQUEST_TIMEOUT, str(exc)))
+            client.sendall(answer)
         if isinstance(client, BoundedReads):
             client.close_gracefully()
+
+
+class _CapturedWrites:
+    """A client socket as gunicorn's error page sees it: what gunicorn writes is kept, not sent."""
+
+    def __init__(self, sock: socket.socket | BoundedReads):
+        self._sock = sock
+        self.sent = b""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+
+def _as_json_error(page: bytes, exc: BaseException) -> bytes:
+    """gunicorn's error page as the API's JSON error with the same status; the page itself if it has none.
+
+    A request gunicorn could not parse gets the parser's own message (what was wrong,
+    with the offending bytes quoted) after the status' phrase; any other failure is
+    the server's, and its message says only where the details are.
+    """
+    status_line = page.split(b"\r\n", 1)[0].split()
+    try:
+        status = HTTPStatus(int(status_line[1]))
+    except (IndexError, ValueError):
+        return page
+    if isinstance(exc, ParseException) and not isinstance(exc, (InvalidResponseHeader, InvalidResponseHeaderName)):
+        return _json_error(status, f"{status.phrase}: {exc}")
+    return _json_error(status, f"{status.phrase}: the server's log has the details")
