@@ -257,6 +257,11 @@ BAD_REQUESTS = {
     "empty batch": ("application/json", json.dumps({"instances": []}), 400, None, None),
     "too many rows (JSON)": ("application/json", json.dumps({"instances": [valid_object()] * 51}), 413, None, None),
     "malformed JSON": ("application/json", '{"Time": 0, "V1": ', 400, None, None),
+    "field given twice": ("application/json", json.dumps(valid_object())[:-1] + ', "Time": 5}', 400, "Time", None),
+    "field given twice in instance 1": ("application/json", json.dumps(
+        {"instances": [valid_object(), valid_object()]})[:-3] + ', "V3": 1}]}', 400, "V3", None),
+    "instances given twice": ("application/json", '{"instances": [], "instances": [' + json.dumps(valid_object())
+                              + "]}", 400, "instances", None),
     "empty JSON body": ("application/json", "", 400, None, None),
     "JSON not UTF-8": ("application/json", b'{"Time": "\xff\xfe"}', 400, None, None),
     "deeply nested JSON": ("application/json", "[" * 100_000 + "]" * 100_000, 400, None, None),
@@ -316,6 +321,13 @@ def test_bad_input_is_a_json_error_that_says_where(client, caplog, name):
 
 # --- the document says what the server does -----------------------------------------------------
 
+def refuse_repeated_names(pairs: list[tuple[str, object]]) -> dict:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a name appears twice in {names}")
+    return dict(pairs)
+
+
 def document_accepts(document: dict, content_type: str, body: str | bytes) -> bool:
     """Whether the document's request schema for ``content_type`` accepts ``body``, as a client's validator would."""
     media_schema = document["paths"]["/predict"]["post"]["requestBody"]["content"][content_type]["schema"]
@@ -324,8 +336,10 @@ def document_accepts(document: dict, content_type: str, body: str | bytes) -> bo
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         if content_type == "text/csv":
             return validator.is_valid(text)
-        # NaN and Infinity are not JSON; a JSON text too deeply nested for Python is an array, not an object.
-        return validator.is_valid(json.loads(text, parse_constant=lambda token: 1 / 0))
+        # NaN and Infinity are not JSON; a JSON text too deeply nested for Python is an array, not an object;
+        # the document's 400 says a field named twice is malformed (I-JSON), as a strict parser would refuse it.
+        return validator.is_valid(json.loads(text, parse_constant=lambda token: 1 / 0,
+                                             object_pairs_hook=refuse_repeated_names))
     except (UnicodeDecodeError, ValueError, ZeroDivisionError, RecursionError):
         return False  # not text, or not a JSON document: no schema accepts it
 

@@ -455,7 +455,8 @@ UNPARSABLE = {
                                 431, "limit request headers fields size"),
     "header name with a space": (b"GET /ready HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
                                  400, "Invalid HTTP header name: 'Bad Name'"),
-    "request line without a version": (b"GET /ready\r\nHost: x\r\n\r\n", 400, "Invalid HTTP request line: 'GET /ready'"),
+    "request line without a version": (b"GET /ready\r\nHost: x\r\n\r\n",
+                                       400, "Invalid HTTP request line: 'GET /ready'"),
 }
 
 

@@ -245,7 +245,8 @@ def document(max_rows: int, max_body_bytes: int) -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "One prediction per input row, in order.",
                             "content": {"application/json": {"schema": _ref("PredictionResponse")}}},
-                    "400": _error_response("A body the schema refuses: malformed JSON or CSV, a missing or "
+                    "400": _error_response("A body the schema refuses: malformed JSON or CSV (a JSON object "
+                                           "naming a field twice is malformed: I-JSON, RFC 7493), a missing or "
                                            "unknown field, a value that is not a number, not finite or beyond "
                                            "the float32 range, an empty batch; or a body shorter than its "
                                            "Content-Length; or explain (query or body) not true or false."),
