@@ -197,12 +197,15 @@ def check_output(output: str, input_location: str, options: dict[str, Any]) -> N
 # --- reading a partition (runs on a worker) ----------------------------------------------------
 
 
-def _read_csv(body: bytes, where: str) -> pd.DataFrame:
-    """A CSV text as the API reads one (:mod:`ccfraud.csvformat`), so ``schema.validate_features`` names a bad cell."""
+def _read_csv(body: bytes, where: str, file_row: int) -> pd.DataFrame:
+    """A CSV text as the API reads one (:mod:`ccfraud.csvformat`), so ``schema.validate_features`` names a bad cell.
+
+    ``file_row`` is the file's row number of the text's first row: a malformed row is named by its row in the file.
+    """
     try:
         return csvformat.read_table(body).to_pandas()
     except csvformat.CsvFormatError as error:
-        raise BatchError(f"{where}: {error}") from None
+        raise BatchError(f"{where}: {_in_file_rows(str(error), file_row)}") from None
 
 
 def _csv_body(partition: Partition, options: dict[str, Any]) -> bytes:
@@ -218,7 +221,7 @@ def read_partition(partition: Partition, options: dict[str, Any] | None = None) 
     if partition.kind == CSV:
         with _storage_errors(partition.location, options):
             body = _csv_body(partition, options)
-        return _read_csv(body, partition.label)
+        return _read_csv(body, partition.label, partition.first_row)
     with _storage_errors(partition.location, options):
         fs, path = _filesystem(partition.location, options)
         if partition.sha256 is not None:  # a lake part: the bytes must be the committed ones

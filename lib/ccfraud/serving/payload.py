@@ -200,7 +200,7 @@ def _read_csv(body: bytes) -> pa.Table:
     try:
         return csvformat.read_table(body)
     except csvformat.CsvFormatError as error:
-        raise ApiError(HTTPStatus.BAD_REQUEST, str(error)) from None
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(error), row=error.row) from None
 
 
 def parse_csv(body: bytes, max_rows: int) -> np.ndarray:
