@@ -117,7 +117,8 @@ def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object as a dict, refusing a field named twice: ``json.loads`` alone keeps the last one silently,
     so ``{"Time": "x", ..., "Time": 5}`` would be scored on a value the client may not have meant.
 
-    Measured on a 10,000-row batch (8 MB): the parse took 175-223 ms without this hook, 189-234 ms with it.
+    Measured on a 10,000-row batch (8 MB), best of five, four times: ``json.loads`` took 87-98 ms without
+    this hook and 97-109 ms with it, within the 134-141 ms that parsing and checking the batch take.
     """
     obj = dict(pairs)
     if len(obj) != len(pairs):
