@@ -27,6 +27,24 @@ def test_a_quoted_line_break_does_not_shift_the_row_named():
         csvformat.read_table(body)
 
 
+@pytest.mark.parametrize("before", ["\n", "\r\n\n", "\ufeff"], ids=["empty line", "empty lines", "BOM"])
+def test_what_arrow_skips_before_the_header_does_not_shift_the_row_named(before: str):
+    body = (before + "\n".join([HEADER, ROW, "1,2"]) + "\n").encode()
+    with pytest.raises(csvformat.CsvFormatError, match="a row has 2 fields where the header has 30, first at row 1$"):
+        csvformat.read_table(body)
+
+
+def test_a_row_the_rescan_does_not_find_where_arrow_did_keeps_arrows_message():
+    """Quoted line breaks across Arrow's 1 MiB blocks put its parser out of step: that is what it says, and the
+    ragged row at the end is not blamed for it."""
+    quoted = '"0.5\n",' + ",".join(["0.5"] * (len(schema.FEATURES) - 1))
+    body = "\n".join([HEADER, *[quoted] * 40_000, "1,2"]).encode()
+    with pytest.raises(csvformat.CsvFormatError) as caught:
+        csvformat.read_table(body)
+    assert caught.value.row is None
+    assert "first at row" not in str(caught.value)
+
+
 def test_a_malformed_file_without_a_ragged_row_keeps_arrows_message():
     body = (HEADER + "\n" + '"0.5' + ROW[3:] + "\n").encode()  # an unterminated quote
     with pytest.raises(csvformat.CsvFormatError, match="malformed CSV") as caught:
