@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from http import HTTPStatus
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -457,6 +458,8 @@ UNPARSABLE = {
                                  400, "Invalid HTTP header name: 'Bad Name'"),
     "request line without a version": (b"GET /ready\r\nHost: x\r\n\r\n",
                                        400, "Invalid HTTP request line: 'GET /ready'"),
+    "long header name with a space": (b"GET /ready HTTP/1.1\r\nHost: x\r\n" + b"(" * 5000 + b" x: 1\r\n\r\n",
+                                      400, "Invalid HTTP header name: '((((("),
 }
 
 
@@ -470,8 +473,47 @@ def test_requests_refused_before_the_app_get_the_apis_json_error_not_gunicorns_h
                 expected_status, "application/json", "close"), what
             assert body["error"]["status"] == expected_status, what
             assert message in body["error"]["message"], (what, body)
+            assert len(body["error"]["message"]) <= len("Request Header Fields Too Large: ") + 300
         assert get(port, "/ready")[0] == 200
     assert "Invalid request from ip=127.0.0.1: Invalid HTTP header name: 'Bad Name'" in log_path.read_text()
+
+
+def gunicorn_page(status: int, reason: str, message: str) -> bytes:
+    """What gunicorn itself writes for an error it answers (``gunicorn.util.write_error``)."""
+    from gunicorn import util
+
+    from ccfraud.serving.worker import _CapturedWrites
+
+    captured = _CapturedWrites(socket.socket())
+    try:
+        util.write_error(captured, status, reason, message)
+    finally:
+        captured.close()
+    return captured.sent
+
+
+@pytest.mark.parametrize(("status", "reason", "message", "expected"), [
+    (400, "Bad Request", "Invalid HTTP header name: '<a&b>'", "Bad Request: Invalid HTTP header name: '<a&b>'"),
+    (500, "Internal Server Error", "", "Internal Server Error: the server's log has the details"),
+    (403, "Forbidden", "Request forbidden", "Forbidden: Request forbidden"),
+    (400, "Bad Request", "", "Bad Request"),
+])
+def test_gunicorns_own_error_page_becomes_the_json_error_with_its_status_and_message(status, reason, message,
+                                                                                      expected):
+    """gunicorn's page, as its installed version writes it: the message it chose to show (HTML-escaped there)."""
+    from ccfraud.serving.worker import _as_json_error
+
+    head, _, body = _as_json_error(gunicorn_page(status, reason, message)).partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()
+    assert json.loads(body) == {"error": {"status": status, "message": expected}}
+
+
+def test_a_long_message_is_cut_and_nothing_written_is_passed_on_as_nothing():
+    from ccfraud.serving.worker import MAX_MESSAGE_CHARS, _as_json_error
+
+    body = _as_json_error(gunicorn_page(400, "Bad Request", "x" * 10_000)).partition(b"\r\n\r\n")[2]
+    assert json.loads(body)["error"]["message"] == "Bad Request: " + "x" * (MAX_MESSAGE_CHARS - 1) + "…"
+    assert _as_json_error(b"") == b""
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf", ""])

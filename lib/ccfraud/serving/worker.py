@@ -30,7 +30,9 @@ API speaks plain HTTP; TLS ends at the platform's router).
 from __future__ import annotations
 
 import contextlib
+import html
 import json
+import re
 import socket
 import time
 from http import HTTPStatus
@@ -39,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import monkey
 from gunicorn import util
-from gunicorn.http.errors import InvalidResponseHeader, InvalidResponseHeaderName, ParseException
 from gunicorn.workers.ggevent import GeventWorker
 
 from ccfraud.serving import config as serving_config
@@ -193,11 +194,12 @@ class BoundedGeventWorker(GeventWorker):
             raise StopIteration from exc  # gunicorn closes the connection
 
     def handle_error(self, req: Request | None, client: socket.socket, addr: Any, exc: BaseException) -> None:
-        """Answer what failed before the application ran in the API's JSON error shape, not gunicorn's HTML page.
+        """Answer every error gunicorn itself answers in the API's JSON error shape, not as gunicorn's HTML page.
 
-        gunicorn still logs the error and picks its status (431 for a header over
-        ``--limit-request-field_size``, 414 for a request line over ``--limit-request-line``,
-        400 for a malformed one...); only the body it would send is replaced.
+        Mostly requests refused before the application runs: gunicorn still logs them and
+        picks the status (431 for a header over ``--limit-request-field_size``, 414 for a
+        request line over ``--limit-request-line``, 400 for a malformed one...) and the
+        message; only the body it would send is replaced (:func:`_as_json_error`).
         """
         if isinstance(exc, HeadersTimeout):
             self.log.info("408 to %s: %s", addr[0] if addr else "?", exc)
@@ -205,7 +207,7 @@ class BoundedGeventWorker(GeventWorker):
         else:
             page = _CapturedWrites(client)
             super().handle_error(req, page, addr, exc)
-            answer = _as_json_error(page.sent, exc)
+            answer = _as_json_error(page.sent)
         with contextlib.suppress(OSError):
             client.sendall(answer)
         if isinstance(client, BoundedReads):
@@ -225,19 +227,34 @@ class _CapturedWrites:
     def sendall(self, data: bytes) -> None:
         self.sent += data
 
+    def send(self, data: bytes) -> int:
+        self.sent += data
+        return len(data)
 
-def _as_json_error(page: bytes, exc: BaseException) -> bytes:
-    """gunicorn's error page as the API's JSON error with the same status; the page itself if it has none.
 
-    A request gunicorn could not parse gets the parser's own message (what was wrong,
-    with the offending bytes quoted) after the status' phrase; any other failure is
-    the server's, and its message says only where the details are.
+#: gunicorn's error page (``gunicorn.util.write_error``): its message sits between the heading and ``</body>``.
+_PAGE_MESSAGE = re.compile(rb"</h1>\s*(.*?)\s*</body>", re.DOTALL)
+#: Longest message echoed: the parser quotes what it refused, up to a header's 8,190 bytes.
+MAX_MESSAGE_CHARS = 300
+
+
+def _as_json_error(page: bytes) -> bytes:
+    """gunicorn's error page as the API's JSON error with the same status and gunicorn's own message.
+
+    The message is the one gunicorn chose to show a client (what the parser refused,
+    quoted; nothing for a fault of the server's, where it logs the details instead),
+    cut to :data:`MAX_MESSAGE_CHARS` so that a refused 8 KB header is not echoed whole.
+    A page without a status line (nothing was written) is passed on as it is.
     """
-    status_line = page.split(b"\r\n", 1)[0].split()
+    head, _, body = page.partition(b"\r\n\r\n")
     try:
-        status = HTTPStatus(int(status_line[1]))
+        status = HTTPStatus(int(head.split(b"\r\n", 1)[0].split()[1]))
     except (IndexError, ValueError):
         return page
-    if isinstance(exc, ParseException) and not isinstance(exc, (InvalidResponseHeader, InvalidResponseHeaderName)):
-        return _json_error(status, f"{status.phrase}: {exc}")
-    return _json_error(status, f"{status.phrase}: the server's log has the details")
+    found = _PAGE_MESSAGE.search(body)
+    message = html.unescape(found.group(1).decode("latin-1")) if found else ""
+    if not message and status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        message = "the server's log has the details"
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 1] + "…"
+    return _json_error(status, f"{status.phrase}: {message}" if message else status.phrase)
