@@ -84,6 +84,8 @@ def test_metrics_have_the_expected_keys_and_sane_values(pipeline_run):
     assert not any("accuracy" in key for key in seed)
     reference = metrics["reference_untuned_hgb"]
     assert reference["auprc_margin"] == pytest.approx(test["auprc"] - reference["auprc"], abs=2e-6)
+    assert reference["auprc_margin_ci95"][0] <= reference["auprc_margin"] <= reference["auprc_margin_ci95"][1]
+    assert 0 <= reference["reference_at_least_as_good"] <= 1
     assert "hist_gb_untuned" in metrics["candidates"]  # the yardstick took part in the search
     model = json.loads((pipeline_run / "models" / "model.json").read_text())
     assert model["threshold"] == pytest.approx(metrics["threshold"], abs=1e-6)

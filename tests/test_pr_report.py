@@ -335,3 +335,23 @@ def test_confusion_counts_and_its_errors():
         pr_report.confusion_counts(pd.DataFrame({"actual": [0, 1]}))
     with pytest.raises(ReportError, match="labels must be 0/1; 1 other values, first at row 1"):
         pr_report.confusion_counts(pd.DataFrame({"actual": [0, 2], "predicted": [0, 1]}))
+
+
+@pytest.mark.parametrize(("reference", "expected"), [
+    ({"auprc_margin": 0.0045, "auprc_margin_ci95": [-0.0012, 0.0141]},
+     "**Margin over the untuned yardstick (test AUPRC):** +0.0045 (95% paired bootstrap interval -0.0012 to "
+     "+0.0141): **no difference the test split can show.**"),
+    ({"auprc_margin": 0.03, "auprc_margin_ci95": [0.01, 0.05]},
+     "**Margin over the untuned yardstick (test AUPRC):** +0.0300 (95% paired bootstrap interval +0.0100 to "
+     "+0.0500)."),
+    ({"auprc_margin": -0.02}, "**Margin over the untuned yardstick (test AUPRC):** -0.0200: **the untuned yardstick "
+                              "wins on the test split.**"),
+])
+def test_the_summary_states_the_margin_over_the_yardstick_with_what_its_interval_allows(reference, expected):
+    metrics = {"model": "hist_gb", "test": {"auprc": 0.77}, "reference_untuned_hgb": {"auprc": 0.76, **reference}}
+    assert pr_report.summary_lines(metrics, [])[-1] == expected
+
+
+def test_a_metrics_file_without_the_yardstick_has_no_margin_line():
+    assert not any("yardstick" in line for line in pr_report.summary_lines({"test": {"auprc": 0.7}}, []))
+

@@ -164,17 +164,21 @@ def test_the_evaluate_stage_writes_what_it_was_given(splits, saved):
     compared = comparison.load(root / "models", loaded.metadata)
     metrics_seed = evaluation.evaluate(y, modeling.fraud_probability(compared.seed_method, splits.test), 0.5,
                                        bootstrap=0)
-    metrics_reference = {**metrics_test, "auprc": 0.123, "roc_auc": 0.456}
+    metrics_reference = {**metrics_test, "auprc": 0.123, "roc_auc": 0.456, "precision": 0.5, "recall": 0.25,
+                         "alerts": 7}
+    margin = {"auprc_margin": 0.1, "auprc_margin_ci95": [-0.01, 0.2], "reference_at_least_as_good": 0.07}
     metrics = assessment.write_metrics(loaded, metrics_test=metrics_test, metrics_seed=metrics_seed,
-                                       metrics_reference=metrics_reference, reports_dir=root / "reports")
+                                       metrics_reference=metrics_reference, reports_dir=root / "reports",
+                                       margin=margin)
     assessment.write_plots(root / "reports", evaluation.curves(y, scores), y, scores, loaded.threshold)
     assert json.loads((root / "reports" / "metrics.json").read_text()) == metrics
     assert metrics["model"] == loaded.metadata["candidate"] and metrics["model_version"] == loaded.version
     assert metrics["threshold"] == pytest.approx(loaded.threshold, abs=1e-6)
     assert metrics["test"]["auprc"] == pytest.approx(metrics_test["auprc"], abs=1e-6)
     assert metrics["seed_baseline"]["auprc"] == pytest.approx(metrics_seed["auprc"], abs=1e-6)
-    assert metrics["reference_untuned_hgb"] == {"auprc": 0.123, "roc_auc": 0.456,
-                                                "auprc_margin": round(metrics_test["auprc"] - 0.123, 6)}
+    assert metrics["reference_untuned_hgb"] == {"auprc": 0.123, "roc_auc": 0.456, "precision": 0.5, "recall": 0.25,
+                                                "alerts": 7, "auprc_margin": round(metrics_test["auprc"] - 0.123, 6),
+                                                "auprc_margin_ci95": [-0.01, 0.2], "reference_at_least_as_good": 0.07}
     assert not any("accuracy" in key for key in metrics["seed_baseline"])
     confusion = pd.read_csv(root / "reports" / "plots" / "confusion.csv")
     assert confusion["actual"].tolist() == y.tolist()
@@ -238,6 +242,35 @@ def test_the_report_says_plainly_when_the_yardstick_wins():
     assert "-0.0200" in assessment.margin_summary("random_forest", 0.70, 0.72)
     assert "beats the untuned yardstick" in assessment.margin_summary("random_forest", 0.75, 0.72)
     assert "chose the untuned yardstick itself" in assessment.margin_summary(modeling.REFERENCE, 0.72, 0.72)
+
+
+@pytest.mark.parametrize(("low", "verdict"), [(0.002, "beats the untuned yardstick"), (-0.001, "cannot be told apart"),
+                                              (0.0, "cannot be told apart")])
+def test_a_positive_margin_is_a_win_only_when_its_paired_interval_excludes_no_difference(low, verdict):
+    margin = {"auprc_margin": 0.0045, "auprc_margin_ci95": [low, 0.014], "reference_at_least_as_good": 0.12}
+    summary = assessment.margin_summary("hist_gb", 0.7662, 0.7617, margin)
+    assert verdict in summary
+    assert f"95% paired bootstrap interval {low:+.4f} to +0.0140" in summary
+    assert ("12% of the bootstrap resamples" in summary) is (verdict == "cannot be told apart")
+    losing = assessment.margin_summary("hist_gb", 0.70, 0.72, {**margin, "auprc_margin_ci95": [-0.05, 0.01]})
+    assert "still wins" in losing and "-0.0500 to +0.0100" in losing
+
+
+def test_the_paired_margin_is_the_margin_with_an_interval_around_it():
+    rng = np.random.default_rng(3)
+    y = (rng.random(20_000) < 0.01).astype(int)
+    strong = y * 0.6 + rng.random(len(y)) * 0.5
+    weak = y * 0.2 + rng.random(len(y)) * 0.5
+    margin = evaluation.paired_margin(y, strong, weak, n=100, seed=1)
+    assert margin["auprc_margin"] == pytest.approx(evaluation.auprc(y, strong) - evaluation.auprc(y, weak), abs=1e-6)
+    low, high = margin["auprc_margin_ci95"]
+    assert 0 < low < margin["auprc_margin"] < high
+    assert margin["reference_at_least_as_good"] == 0
+    swapped = evaluation.paired_margin(y, weak, strong, n=100, seed=1)
+    assert swapped["auprc_margin_ci95"] == pytest.approx([-high, -low], abs=1e-6)
+    assert swapped["reference_at_least_as_good"] == 1
+    same = evaluation.paired_margin(y, strong, strong, n=20, seed=1)
+    assert same["auprc_margin_ci95"] == [0.0, 0.0] and same["reference_at_least_as_good"] == 1
 
 
 def test_manifest_roundtrip_and_bad_strategy(splits, tmp_path):

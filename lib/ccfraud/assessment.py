@@ -25,6 +25,9 @@ PLOTS_DIR = "plots"
 METRICS_FILE = "metrics.json"
 #: The yardstick's alert threshold: untuned means untuned, its threshold included.
 REFERENCE_THRESHOLD = 0.5
+#: A comparison row's figures in metrics.json (the seed method's, the yardstick's): ranking quality, and
+#: what the row's own threshold does.
+COMPARISON_METRICS = ("auprc", "roc_auc", "precision", "recall", "alerts")
 
 
 def write_demo_run(seed: int = 0) -> tuple[Path, Path]:
@@ -69,18 +72,35 @@ def load_model(model_dir: Path) -> tuple[artifacts.LoadedModel, list[str]]:
         logger.propagate = propagate
 
 
-def margin_summary(model_name: str, test_auprc: float, reference_auprc: float) -> str:
-    """One plain sentence on the model against its yardstick on the test split."""
-    margin = test_auprc - reference_auprc
+def margin_summary(model_name: str, test_auprc: float, reference_auprc: float,
+                   margin: dict[str, Any] | None = None) -> str:
+    """One plain sentence on the model against its yardstick on the test split.
+
+    ``margin`` is :func:`ccfraud.evaluation.paired_margin`'s: with it, a positive margin
+    whose paired interval reaches 0 is stated as no difference the test split can show,
+    not as a win.
+    """
+    difference = test_auprc - reference_auprc
     if model_name == modeling.REFERENCE:
         return (f"The search chose the untuned yardstick itself ({modeling.REFERENCE}): test AUPRC "
                 f"{test_auprc:.4f}, no tuned candidate beat it on the validation split.")
-    if margin > 0:
+    interval, share = "", ""
+    if margin is not None:
+        low, high = margin["auprc_margin_ci95"]
+        interval = f"; 95% paired bootstrap interval {low:+.4f} to {high:+.4f}"
+        share = (f" The yardstick scored at least as well in {margin['reference_at_least_as_good']:.0%} of the "
+                 "bootstrap resamples.")
+    if difference > 0 and (margin is None or margin["auprc_margin_ci95"][0] > 0):
         return (f"The chosen model ({model_name}) beats the untuned yardstick on the test split by "
-                f"{margin:+.4f} AUPRC ({test_auprc:.4f} against {reference_auprc:.4f}).")
+                f"{difference:+.4f} AUPRC ({test_auprc:.4f} against {reference_auprc:.4f}{interval}).")
+    if difference > 0:
+        return (f"**The chosen model ({model_name}) and the untuned yardstick cannot be told apart on the test "
+                f"split**: AUPRC {test_auprc:.4f} against {reference_auprc:.4f}, a margin of {difference:+.4f}"
+                f"{interval}, which includes no difference.{share} The tuning's gain on this data is within "
+                "the noise of the test split's frauds.")
     return (f"**The untuned yardstick still wins on the test split**: AUPRC {reference_auprc:.4f} against "
-            f"{test_auprc:.4f} for the chosen model ({model_name}), a margin of {margin:+.4f}. The choice was "
-            "made on the validation split, where the chosen model was at least as good.")
+            f"{test_auprc:.4f} for the chosen model ({model_name}), a margin of {difference:+.4f}{interval}. "
+            f"The choice was made on the validation split, where the chosen model was at least as good.{share}")
 
 
 def rows_at(frame: Any, positions: np.ndarray) -> pd.DataFrame:
@@ -136,8 +156,13 @@ def write_metrics(
     metrics_seed: dict,
     metrics_reference: dict,
     reports_dir: Path,
+    margin: dict[str, Any] | None = None,
 ) -> dict:
-    """``metrics.json``: the model's test metrics, its search and the comparison rows; returns what it wrote."""
+    """``metrics.json``: the model's test metrics, its search and the comparison rows; returns what it wrote.
+
+    ``margin``: :func:`ccfraud.evaluation.paired_margin` of the model over the yardstick, recorded with the
+    yardstick's row (its interval and how often the yardstick was at least as good).
+    """
     meta = loaded.metadata
     metrics = {
         "model": meta["candidate"],
@@ -151,11 +176,12 @@ def write_metrics(
         # Timings stay out of metrics.json (they differ run to run); the train report's table shows them.
         "candidates": {name: {key: value for key, value in row.items() if key != "best_params"}
                        for name, row in meta["candidates"].items()},
-        "seed_baseline": evaluation.rounded({key: metrics_seed[key]
-                                             for key in ("auprc", "roc_auc", "precision", "recall", "alerts")}),
-        "reference_untuned_hgb": {"auprc": round(metrics_reference["auprc"], 6),
-                                  "roc_auc": round(metrics_reference["roc_auc"], 6),
-                                  "auprc_margin": round(metrics_test["auprc"] - metrics_reference["auprc"], 6)},
+        "seed_baseline": evaluation.rounded({key: metrics_seed[key] for key in COMPARISON_METRICS}),
+        "reference_untuned_hgb": {
+            **evaluation.rounded({key: metrics_reference[key] for key in COMPARISON_METRICS}),
+            "auprc_margin": round(metrics_test["auprc"] - metrics_reference["auprc"], 6),
+            **({key: value for key, value in margin.items() if key != "auprc_margin"} if margin else {}),
+        },
     }
     samples = meta.get("training_sample") or {}
     if any(sample["legit_fraction"] < 1.0 for sample in samples.values()):

@@ -181,6 +181,29 @@ def _weighted_average_precision(y_sorted: np.ndarray, weights: np.ndarray, last_
     return float(np.sum(np.diff(recall, prepend=0.0) * precision))
 
 
+def _ranked(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows by descending score (stable), and the last position of each run of equal scores (one threshold each)."""
+    order = np.argsort(-p, kind="stable")
+    sorted_scores = p[order]
+    return order, np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), len(p) - 1]
+
+
+def _resample_counts(rng: np.random.Generator, y: np.ndarray, n: int):
+    """``n`` bootstrap resamples as counts per row (how often each was drawn); those with both classes only."""
+    for _ in range(int(n)):
+        counts = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y))
+        frauds = int((counts * y).sum())
+        if 0 < frauds < len(y):
+            yield counts, frauds
+
+
+def _interval(values: list[float], level: float) -> list[float]:
+    if not values:
+        raise ValueError("bootstrap: no resample contained both classes")
+    alpha = (1 - level) / 2
+    return [round(float(np.quantile(values, q)), 6) for q in (alpha, 1 - alpha)]
+
+
 def bootstrap_intervals(
     y_true, scores, threshold: float, *, n: int = 200, seed: int = 0, level: float = 0.95
 ) -> dict[str, list[float]]:
@@ -194,24 +217,38 @@ def bootstrap_intervals(
     at load 13), with the same values to 1e-12 (the same resamples and ties).
     """
     y, p = _as_arrays(y_true, scores)
-    rng = np.random.default_rng(seed)
-    order = np.argsort(-p, kind="stable")
+    order, last_of_tie = _ranked(p)
     y_sorted, above = y[order], p[order] >= threshold
-    last_of_tie = np.r_[np.flatnonzero(p[order][1:] != p[order][:-1]), len(p) - 1]
     aps, recalls = [], []
-    for _ in range(int(n)):
-        counts = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y))[order]
-        frauds = int((counts * y_sorted).sum())
-        if frauds == 0 or frauds == len(y):
-            continue
+    for counts, frauds in _resample_counts(np.random.default_rng(seed), y, n):
+        counts = counts[order]
         aps.append(_weighted_average_precision(y_sorted, counts, last_of_tie))
         recalls.append(float((counts * y_sorted * above).sum() / frauds))
-    if not aps:
-        raise ValueError("bootstrap: no resample contained both classes")
-    alpha = (1 - level) / 2
+    return {"auprc": _interval(aps, level), "recall": _interval(recalls, level)}
+
+
+def paired_margin(
+    y_true, scores, reference_scores, *, n: int = 200, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
+    """The AUPRC margin of ``scores`` over ``reference_scores`` on the same rows, with a paired bootstrap interval.
+
+    Both models are scored on each resample's rows, so the interval is the margin's own:
+    two overlapping per-model intervals say little about a difference, since both models
+    do well or badly on the same frauds. ``reference_at_least_as_good`` is the share of
+    resamples where the reference's AUPRC was not below the model's. A margin whose
+    interval holds 0 is not a result: the report says so rather than "beats".
+    """
+    y, p = _as_arrays(y_true, scores)
+    _, q = _as_arrays(y_true, reference_scores)
+    (order, last), (order_ref, last_ref) = _ranked(p), _ranked(q)
+    y_sorted, y_sorted_ref = y[order], y[order_ref]
+    margins = [_weighted_average_precision(y_sorted, counts[order], last)
+               - _weighted_average_precision(y_sorted_ref, counts[order_ref], last_ref)
+               for counts, _ in _resample_counts(np.random.default_rng(seed), y, n)]
     return {
-        "auprc": [round(float(np.quantile(aps, q)), 6) for q in (alpha, 1 - alpha)],
-        "recall": [round(float(np.quantile(recalls, q)), 6) for q in (alpha, 1 - alpha)],
+        "auprc_margin": round(auprc(y, p) - auprc(y, q), 6),
+        "auprc_margin_ci95": _interval(margins, level),
+        "reference_at_least_as_good": round(float(np.mean(np.asarray(margins) <= 0)), 4),
     }
 
 

@@ -253,7 +253,31 @@ def summary_lines(metrics: Mapping[str, Any], changes: Sequence[Change]) -> list
         if isinstance(ci, list) and len(ci) == 2:
             text += f" (95% bootstrap interval {format_value(ci[0])} to {format_value(ci[1])})"
         lines.append(text + ".")
+    margin_line = yardstick_line(metrics.get("reference_untuned_hgb") or {})
+    if margin_line:
+        lines.append(margin_line)
     return lines
+
+
+def yardstick_line(reference: Mapping[str, Any]) -> str | None:
+    """The margin over the untuned yardstick on test, with the verdict its paired interval allows; None if absent.
+
+    Stated in the summary, not in a folded table: a tuned model no better than scikit-learn's
+    defaults is what a reviewer most needs to know about a search.
+    """
+    margin = reference.get("auprc_margin")
+    if not isinstance(margin, (int, float)):
+        return None
+    text = f"**Margin over the untuned yardstick (test AUPRC):** {margin:+.4f}"
+    ci = reference.get("auprc_margin_ci95")
+    has_ci = isinstance(ci, list) and len(ci) == 2
+    if has_ci:
+        text += f" (95% paired bootstrap interval {ci[0]:+.4f} to {ci[1]:+.4f})"
+    if margin <= 0:
+        return text + ": **the untuned yardstick wins on the test split.**"
+    if has_ci and ci[0] <= 0:
+        return text + ": **no difference the test split can show.**"
+    return text + "."
 
 
 def seed_baseline_section(metrics: Mapping[str, Any]) -> str:
