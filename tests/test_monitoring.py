@@ -7,6 +7,7 @@ logistic regression trained on them (``monitoring.write_demo_reference``), built
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from pathlib import Path
@@ -174,7 +175,20 @@ def test_quiet_on_a_fresh_sample_of_the_same_distribution(reference, loaded):
     assert not result.report["scores"]["alert"] and not result.report["alert_rate"]["alert"]
     performance = result.report["performance"]
     assert performance["judged"] and not any(metric["alert"] for metric in performance["metrics"].values())
-    assert result.report["reference"]["features"]["data_check"] == "matches the training data digests in model.json"
+    assert result.report["reference"]["features"]["data_check"] == "the train and test splits match the digests in " \
+                                                                   "model.json"
+
+
+def test_the_data_check_says_which_splits_it_could_check(reference, loaded):
+    """The pipeline's model.json records train and valid (its train stage never opens test): the report says the
+    test split, whose scores are the score baseline, went unchecked, instead of "matches"."""
+    recorded = loaded.metadata["training_data_sha256"]
+    as_the_pipeline = dataclasses.replace(loaded, metadata={
+        **loaded.metadata, "training_data_sha256": {"train": recorded["train"], "valid": "not read by the monitor"}})
+    result = monitoring.monitor(as_the_pipeline, FRESH, reference[0], Rules())
+    assert result.report["reference"]["features"]["data_check"] == (
+        "the train split matches the digests in model.json; the test split's is not recorded (the train stage never "
+        "reads the test split): not checked")
 
 
 def test_flags_exactly_the_shifted_features(reference, loaded, tmp_path):
