@@ -87,17 +87,25 @@ def test_pr_curve_keeps_the_best_precision_of_each_recall_level():
     assert pr["precision"].tolist() == pytest.approx([0.75, 1.0, 1.0, 1.0])
 
 
-def test_a_bootstrap_resample_scores_as_average_precision_score_does():
-    """The weighted-count AUPRC of a resample equals sklearn's on the resampled rows, ties included."""
+def test_a_resample_drawn_as_category_counts_scores_as_sklearn_does_on_its_rows():
+    """Counting rows by class and step loses nothing: for rows drawn with replacement, the AUPRC and recall of each
+    model from the category counts equal sklearn's on the drawn rows, ties included (scores rounded to 0.01)."""
     rng = np.random.default_rng(0)
     y = (rng.random(3000) < 0.02).astype(int)
     p = np.clip(rng.random(3000) * 0.4 + y * rng.random(3000) * 0.6, 0, 1).round(2)  # many ties
-    order = np.argsort(-p, kind="stable")
-    last_of_tie = np.r_[np.flatnonzero(p[order][1:] != p[order][:-1]), len(p) - 1]
+    q = np.clip(rng.random(3000) * 0.5 + y * rng.random(3000) * 0.5, 0, 1).round(2)
+    resampler = evaluation._Resampler(y, p, q)
+    assert len(resampler.keys) < len(y) / 5
     for _ in range(10):
         rows = rng.integers(0, len(y), len(y))
-        counts = np.bincount(rows, minlength=len(y))[order]
-        assert evaluation._weighted_average_precision(y[order], counts, last_of_tie) == pytest.approx(
-            average_precision_score(y[rows], p[rows]), abs=1e-12)
-    low, high = evaluation.bootstrap_intervals(y, p, 0.5, n=50)["auprc"]
+        counts = resampler.counts_of(np.bincount(rows, minlength=len(y)))
+        for model, scores in enumerate((p, q)):
+            assert resampler.auprc(counts, model)[0] == pytest.approx(
+                average_precision_score(y[rows], scores[rows]), abs=1e-12)
+            assert resampler.recall(counts, 0.5, model)[0] == pytest.approx(
+                (scores[rows][y[rows] == 1] >= 0.5).mean(), abs=1e-12)
+    chunks = list(resampler.draws(rng, 7, max_counts=3 * len(resampler.keys)))
+    assert [len(chunk) for chunk in chunks] == [3, 3, 1]
+    assert np.concatenate(chunks).sum(axis=1).tolist() == [len(y)] * 7
+    low, high = evaluation.bootstrap_intervals(y, p, 0.5, n=500)["auprc"]
     assert low <= average_precision_score(y, p) <= high

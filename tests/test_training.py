@@ -267,7 +267,8 @@ def test_the_paired_margin_is_the_margin_with_an_interval_around_it():
     assert 0 < low < margin["auprc_margin"] < high
     assert margin["reference_at_least_as_good"] == 0
     swapped = evaluation.paired_margin(y, weak, strong, n=100, seed=1)
-    assert swapped["auprc_margin_ci95"] == pytest.approx([-high, -low], abs=1e-6)
+    assert swapped["auprc_margin"] == -margin["auprc_margin"]
+    assert swapped["auprc_margin_ci95"][0] < swapped["auprc_margin"] < swapped["auprc_margin_ci95"][1] < 0
     assert swapped["reference_at_least_as_good"] == 1
     same = evaluation.paired_margin(y, strong, strong, n=20, seed=1)
     assert same["auprc_margin_ci95"] == [0.0, 0.0] and same["reference_at_least_as_good"] == 1

@@ -167,68 +167,135 @@ def thin_curve(frame: pd.DataFrame, max_points: int = 500) -> pd.DataFrame:
     return frame.iloc[index].reset_index(drop=True)
 
 
-def _weighted_average_precision(y_sorted: np.ndarray, weights: np.ndarray, last_of_tie: np.ndarray) -> float:
-    """Average precision of rows sorted by descending score, each counted ``weights`` times.
+def _steps(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's step, and each step's score: what a resample's AUPRC and recall depend on.
 
-    ``last_of_tie``: the position of the last row of each run of equal scores (one threshold each),
-    as :func:`sklearn.metrics.average_precision_score` cuts them; zero-weight rows add no step.
+    A step is a run of equal scores holding at least one fraud, in descending score (one
+    threshold of :func:`sklearn.metrics.average_precision_score` at which recall rises). A row
+    counts as flagged from its step on: a fraud at its own run's, a legitimate row at the first
+    step at or below its score; rows below the last step get ``len(steps)`` and never count.
     """
-    tps = np.cumsum(weights * y_sorted)[last_of_tie]
-    fps = np.cumsum(weights * (1 - y_sorted))[last_of_tie]
-    flagged = tps + fps
-    precision = np.divide(tps, flagged, out=np.ones_like(tps, dtype=float), where=flagged > 0)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
-
-
-def _ranked(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows by descending score (stable), and the last position of each run of equal scores (one threshold each)."""
     order = np.argsort(-p, kind="stable")
     sorted_scores = p[order]
-    return order, np.r_[np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), len(p) - 1]
+    starts = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+    run = np.cumsum(starts) - 1
+    fraud_runs = np.unique(run[y[order] == 1])
+    step = np.empty(len(p), dtype=np.int64)
+    step[order] = np.searchsorted(fraud_runs, run, side="left")
+    return step, sorted_scores[starts][fraud_runs]
 
 
-def _resample_counts(rng: np.random.Generator, y: np.ndarray, n: int):
-    """``n`` bootstrap resamples as counts per row (how often each was drawn); those with both classes only."""
-    for _ in range(int(n)):
-        counts = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y))
-        frauds = int((counts * y).sum())
-        if 0 < frauds < len(y):
-            yield counts, frauds
+class _Resampler:
+    """Bootstrap resamples of a test split, drawn as counts of categories of rows instead of rows.
+
+    A resample draws ``len(y)`` rows with replacement: per row a multinomial count. A model's
+    AUPRC and recall on it depend only on how many frauds each step holds and how many
+    legitimate rows count from each step on (:func:`_steps`), so rows sharing their class and
+    their step under every model compared are one category, and the category counts are drawn
+    directly: a multinomial over the categories' sizes, the same distribution as summing the
+    rows' counts. A test split of 56,961 rows and 81 frauds is a few hundred categories, for
+    one model or two, so 2,000 resamples are a few matrix operations, not 2,000 passes over
+    the rows: measured on such a split, 0.03 s for one model's intervals and 0.1 s for two
+    models' paired margin, where 200 resamples drawn row by row took 0.38 s and 0.7 s. The
+    categories grow with the frauds: a 100x test split (5.7 M rows, 8,100 frauds) is 558,000
+    categories for two models, and 2,000 paired resamples take 81 s there (one model's
+    intervals 4.8 s), most of it numpy drawing the multinomial; lower ``evaluate.bootstrap``
+    at that scale if that matters.
+    """
+
+    def __init__(self, y: np.ndarray, *scores: np.ndarray):
+        self.n_rows = len(y)
+        self.steps = [_steps(y, p) for p in scores]
+        # One integer per row, (class, step under each model) in mixed radix: sorting it sorts by class, then steps.
+        code = y.astype(np.int64)
+        for step, step_scores in self.steps:
+            code = code * (len(step_scores) + 1) + step
+        codes, self.category = np.unique(code, return_inverse=True)
+        self.category = self.category.ravel()
+        self.keys = np.empty((len(codes), 1 + len(scores)), dtype=np.int64)
+        for column in range(len(scores), 0, -1):
+            radix = len(self.steps[column - 1][1]) + 1
+            self.keys[:, column], codes = codes % radix, codes // radix
+        self.keys[:, 0] = codes
+        self.sizes = np.bincount(self.category, minlength=len(self.keys))
+        self._groups = [self._group(model) for model in range(len(scores))]
+
+    def _group(self, model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The categories ordered by (class, step under ``model``): the order, where each group starts, its class
+        and its step."""
+        order = np.lexsort((self.keys[:, 1 + model], self.keys[:, 0]))
+        pairs = self.keys[order][:, [0, 1 + model]]
+        starts = np.flatnonzero(np.r_[True, (pairs[1:] != pairs[:-1]).any(axis=1)])
+        return order, starts, pairs[starts, 0], pairs[starts, 1]
+
+    def draws(self, rng: np.random.Generator, n: int, max_counts: int = 1 << 23):
+        """``n`` resamples as (resamples, categories) count matrices of at most ``max_counts`` counts each (64 MiB)."""
+        chunk = max(1, max_counts // len(self.keys))
+        for start in range(0, int(n), chunk):
+            yield rng.multinomial(self.n_rows, self.sizes / self.n_rows, size=min(chunk, int(n) - start))
+
+    def counts_of(self, row_counts: np.ndarray) -> np.ndarray:
+        """One resample given as per-row counts, as category counts (a (1, categories) matrix)."""
+        return np.bincount(self.category, weights=row_counts, minlength=len(self.keys))[None, :]
+
+    def _by_step(self, counts: np.ndarray, model: int) -> tuple[np.ndarray, np.ndarray]:
+        """(frauds, legitimate rows): (n, steps) counts by the step they count from under ``model``."""
+        order, starts, classes, steps = self._groups[model]
+        sums = np.add.reduceat(counts[:, order], starts, axis=1)
+        n_steps = len(self.steps[model][1])
+        by_class = []
+        for fraud in (1, 0):
+            by_step = np.zeros((len(counts), n_steps + 1))
+            by_step[:, steps[classes == fraud]] = sums[:, classes == fraud]
+            by_class.append(by_step[:, :-1])  # rows below the last step never count
+        return by_class[0], by_class[1]
+
+    def auprc(self, counts: np.ndarray, model: int = 0) -> np.ndarray:
+        """Each resample's AUPRC under ``model`` (rows of ``counts``; NaN where a resample drew no fraud)."""
+        frauds, legit = self._by_step(counts, model)
+        tp, flagged = np.cumsum(frauds, axis=1), np.cumsum(frauds + legit, axis=1)
+        precision = np.divide(tp, flagged, out=np.ones_like(tp), where=flagged > 0)
+        total = frauds.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, (frauds * precision).sum(axis=1) / total, np.nan)
+
+    def recall(self, counts: np.ndarray, threshold: float, model: int = 0) -> np.ndarray:
+        """Each resample's recall at ``threshold`` under ``model`` (NaN where a resample drew no fraud)."""
+        frauds, _ = self._by_step(counts, model)
+        total = frauds.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, frauds[:, self.steps[model][1] >= threshold].sum(axis=1) / total, np.nan)
 
 
-def _interval(values: list[float], level: float) -> list[float]:
-    if not values:
+def _interval(values: np.ndarray, level: float) -> list[float]:
+    values = values[~np.isnan(values)]
+    if not len(values):
         raise ValueError("bootstrap: no resample contained both classes")
     alpha = (1 - level) / 2
     return [round(float(np.quantile(values, q)), 6) for q in (alpha, 1 - alpha)]
 
 
 def bootstrap_intervals(
-    y_true, scores, threshold: float, *, n: int = 200, seed: int = 0, level: float = 0.95
+    y_true, scores, threshold: float, *, n: int = 2000, seed: int = 0, level: float = 0.95
 ) -> dict[str, list[float]]:
     """Percentile bootstrap intervals for AUPRC and recall at the threshold.
 
     With a few hundred frauds in a test split these intervals are wide; reporting
-    them keeps a 0.02 difference between two models from being read as progress.
-    A resample is a count per row (how often it was drawn) over rows sorted once, so each
-    resample's AUPRC is two cumulative sums instead of a sort: 200 resamples of 56,961 rows took
-    11.8 s with ``average_precision_score`` per resample and take 0.9 s (the shared 2-core machine
-    at load 13), with the same values to 1e-12 (the same resamples and ties).
+    them keeps a 0.02 difference between two models from being read as progress. Each 2.5%
+    tail of 2,000 resamples rests on 50 of them (on 5 with 200, which made the interval
+    narrower than it is: 0.679-0.846 against 0.669-0.852 for the default model).
     """
     y, p = _as_arrays(y_true, scores)
-    order, last_of_tie = _ranked(p)
-    y_sorted, above = y[order], p[order] >= threshold
+    resampler = _Resampler(y, p)
     aps, recalls = [], []
-    for counts, frauds in _resample_counts(np.random.default_rng(seed), y, n):
-        counts = counts[order]
-        aps.append(_weighted_average_precision(y_sorted, counts, last_of_tie))
-        recalls.append(float((counts * y_sorted * above).sum() / frauds))
-    return {"auprc": _interval(aps, level), "recall": _interval(recalls, level)}
+    for counts in resampler.draws(np.random.default_rng(seed), n):
+        aps.append(resampler.auprc(counts))
+        recalls.append(resampler.recall(counts, threshold))
+    return {"auprc": _interval(np.concatenate(aps), level), "recall": _interval(np.concatenate(recalls), level)}
 
 
 def paired_margin(
-    y_true, scores, reference_scores, *, n: int = 200, seed: int = 0, level: float = 0.95
+    y_true, scores, reference_scores, *, n: int = 2000, seed: int = 0, level: float = 0.95
 ) -> dict[str, Any]:
     """The AUPRC margin of ``scores`` over ``reference_scores`` on the same rows, with a paired bootstrap interval.
 
@@ -240,15 +307,13 @@ def paired_margin(
     """
     y, p = _as_arrays(y_true, scores)
     _, q = _as_arrays(y_true, reference_scores)
-    (order, last), (order_ref, last_ref) = _ranked(p), _ranked(q)
-    y_sorted, y_sorted_ref = y[order], y[order_ref]
-    margins = [_weighted_average_precision(y_sorted, counts[order], last)
-               - _weighted_average_precision(y_sorted_ref, counts[order_ref], last_ref)
-               for counts, _ in _resample_counts(np.random.default_rng(seed), y, n)]
+    resampler = _Resampler(y, p, q)
+    margins = np.concatenate([resampler.auprc(counts, 0) - resampler.auprc(counts, 1)
+                              for counts in resampler.draws(np.random.default_rng(seed), n)])
     return {
         "auprc_margin": round(auprc(y, p) - auprc(y, q), 6),
         "auprc_margin_ci95": _interval(margins, level),
-        "reference_at_least_as_good": round(float(np.mean(np.asarray(margins) <= 0)), 4),
+        "reference_at_least_as_good": round(float(np.mean(margins[~np.isnan(margins)] <= 0)), 4),
     }
 
 
@@ -265,7 +330,7 @@ def evaluate(
     amount=None,
     review_cost: float = 0.0,
     top_k: int = 100,
-    bootstrap: int = 200,
+    bootstrap: int = 2000,
     seed: int = 0,
 ) -> dict:
     """The full metrics dict of one model on one untouched split (AUPRC first)."""
