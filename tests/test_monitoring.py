@@ -175,8 +175,8 @@ def test_quiet_on_a_fresh_sample_of_the_same_distribution(reference, loaded):
     assert not result.report["scores"]["alert"] and not result.report["alert_rate"]["alert"]
     performance = result.report["performance"]
     assert performance["judged"] and not any(metric["alert"] for metric in performance["metrics"].values())
-    assert result.report["reference"]["features"]["data_check"] == "the train and test splits match the digests in " \
-                                                                   "model.json"
+    assert result.report["reference"]["features"]["data_check"] == (
+        "the train split matches its digest in model.json; the test split matches its digest in model.json")
 
 
 def test_the_data_check_says_which_splits_it_could_check(reference, loaded):
@@ -187,8 +187,8 @@ def test_the_data_check_says_which_splits_it_could_check(reference, loaded):
         **loaded.metadata, "training_data_sha256": {"train": recorded["train"], "valid": "not read by the monitor"}})
     result = monitoring.monitor(as_the_pipeline, FRESH, reference[0], Rules())
     assert result.report["reference"]["features"]["data_check"] == (
-        "the train split matches the digests in model.json; the test split's is not recorded (the train stage never "
-        "reads the test split): not checked")
+        "the train split matches its digest in model.json; the test split's digest is not recorded (the train stage "
+        "never reads the test split): not checked")
 
 
 def test_flags_exactly_the_shifted_features(reference, loaded, tmp_path):

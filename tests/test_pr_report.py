@@ -346,6 +346,11 @@ def test_confusion_counts_and_its_errors():
      "+0.0500)."),
     ({"auprc_margin": -0.02}, "**Margin over the untuned yardstick (test AUPRC):** -0.0200: **the untuned yardstick "
                               "wins on the test split.**"),
+    ({"auprc_margin": -0.0001, "auprc_margin_ci95": [-0.02, 0.02]},
+     "**Margin over the untuned yardstick (test AUPRC):** -0.0001 (95% paired bootstrap interval -0.0200 to "
+     "+0.0200): **no difference the test split can show.**"),
+    ({"auprc_margin": 0.0}, "**Margin over the untuned yardstick (test AUPRC):** +0.0000: **no difference the test "
+                            "split can show.**"),
 ])
 def test_the_summary_states_the_margin_over_the_yardstick_with_what_its_interval_allows(reference, expected):
     metrics = {"model": "hist_gb", "test": {"auprc": 0.77}, "reference_untuned_hgb": {"auprc": 0.76, **reference}}

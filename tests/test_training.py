@@ -252,8 +252,18 @@ def test_a_positive_margin_is_a_win_only_when_its_paired_interval_excludes_no_di
     assert verdict in summary
     assert f"95% paired bootstrap interval {low:+.4f} to +0.0140" in summary
     assert ("12% of the bootstrap resamples" in summary) is (verdict == "cannot be told apart")
-    losing = assessment.margin_summary("hist_gb", 0.70, 0.72, {**margin, "auprc_margin_ci95": [-0.05, 0.01]})
-    assert "still wins" in losing and "-0.0500 to +0.0100" in losing
+    losing = assessment.margin_summary("hist_gb", 0.70, 0.72, {**margin, "auprc_margin_ci95": [-0.05, -0.01]})
+    assert "still wins" in losing and "-0.0500 to -0.0100" in losing
+
+
+@pytest.mark.parametrize(("test_auprc", "interval", "verdict"), [
+    (0.7616, [-0.02, 0.02], "cannot be told apart"),  # a negative margin inside the noise is no loss either
+    (0.7617, [-0.02, 0.02], "cannot be told apart"),  # a tie
+    (0.7618, [-0.02, -0.001], "still wins"),  # the interval, not the point margin's sign, decides
+])
+def test_the_verdict_comes_from_the_interval_on_either_side_of_zero(test_auprc, interval, verdict):
+    margin = {"auprc_margin": test_auprc - 0.7617, "auprc_margin_ci95": interval, "reference_at_least_as_good": 0.5}
+    assert verdict in assessment.margin_summary("hist_gb", test_auprc, 0.7617, margin)
 
 
 def test_the_paired_margin_is_the_margin_with_an_interval_around_it():

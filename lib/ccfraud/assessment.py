@@ -76,31 +76,33 @@ def margin_summary(model_name: str, test_auprc: float, reference_auprc: float,
                    margin: dict[str, Any] | None = None) -> str:
     """One plain sentence on the model against its yardstick on the test split.
 
-    ``margin`` is :func:`ccfraud.evaluation.paired_margin`'s: with it, a positive margin
-    whose paired interval reaches 0 is stated as no difference the test split can show,
-    not as a win.
+    ``margin`` is :func:`ccfraud.evaluation.paired_margin`'s: with it, the verdict comes from
+    its paired interval, not from the sign of the point margin. Only an interval wholly above
+    0 is a win, only one wholly below 0 a loss; one that holds 0 is stated as no difference
+    the test split can show, whichever side the point margin falls on.
     """
     difference = test_auprc - reference_auprc
     if model_name == modeling.REFERENCE:
         return (f"The search chose the untuned yardstick itself ({modeling.REFERENCE}): test AUPRC "
                 f"{test_auprc:.4f}, no tuned candidate beat it on the validation split.")
-    interval, share = "", ""
-    if margin is not None:
+    figures = f"AUPRC {test_auprc:.4f} against {reference_auprc:.4f}, a margin of {difference:+.4f}"
+    if margin is None:
+        low = high = difference
+        share = ""
+    else:
         low, high = margin["auprc_margin_ci95"]
-        interval = f"; 95% paired bootstrap interval {low:+.4f} to {high:+.4f}"
+        figures += f" (95% paired bootstrap interval {low:+.4f} to {high:+.4f})"
         share = (f" The yardstick scored at least as well in {margin['reference_at_least_as_good']:.0%} of the "
                  "bootstrap resamples.")
-    if difference > 0 and (margin is None or margin["auprc_margin_ci95"][0] > 0):
-        return (f"The chosen model ({model_name}) beats the untuned yardstick on the test split by "
-                f"{difference:+.4f} AUPRC ({test_auprc:.4f} against {reference_auprc:.4f}{interval}).")
-    if difference > 0:
-        return (f"**The chosen model ({model_name}) and the untuned yardstick cannot be told apart on the test "
-                f"split**: AUPRC {test_auprc:.4f} against {reference_auprc:.4f}, a margin of {difference:+.4f}"
-                f"{interval}, which includes no difference.{share} The tuning's gain on this data is within "
-                "the noise of the test split's frauds.")
-    return (f"**The untuned yardstick still wins on the test split**: AUPRC {reference_auprc:.4f} against "
-            f"{test_auprc:.4f} for the chosen model ({model_name}), a margin of {difference:+.4f}{interval}. "
-            f"The choice was made on the validation split, where the chosen model was at least as good.{share}")
+    if low > 0:
+        return f"The chosen model ({model_name}) beats the untuned yardstick on the test split: {figures}."
+    if high < 0:
+        return (f"**The untuned yardstick still wins on the test split**: {figures}, for the chosen model "
+                f"({model_name}). The choice was made on the validation split, where the chosen model was at least "
+                "as good.")
+    return (f"**The chosen model ({model_name}) and the untuned yardstick cannot be told apart on the test "
+            f"split**: {figures}.{share} The tuning's gain, if any, is within the noise of the test split's "
+            "frauds.")
 
 
 def rows_at(frame: Any, positions: np.ndarray) -> pd.DataFrame:

@@ -30,6 +30,9 @@ def _as_arrays(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"labels and scores must be 1-D of equal length, got {y.shape} and {p.shape}")
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0/1")
+    if not np.isfinite(p).all():
+        raise ValueError(f"scores must be finite numbers: row {int(np.flatnonzero(~np.isfinite(p))[0])} is "
+                         f"{p[~np.isfinite(p)][0]}")
     return y, p
 
 

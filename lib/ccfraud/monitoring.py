@@ -403,14 +403,16 @@ def _check_training_data(model: artifacts.LoadedModel, processed_dir: Path) -> s
                 f"reference {processed_dir / name}: not the data model {model.version} was trained and tested on "
                 f"(content sha256 {str(current.get(name))[:12]}..., model.json records {str(recorded[name])[:12]}...); "
                 "point the monitor at that training run's processed data")
-    checked = [name for name in ("train", "test") if name in recorded]
-    unchecked = [name for name in ("train", "test") if name not in recorded]
-    said = f"the {' and '.join(checked)} split{'s' * (len(checked) > 1)} match{'es' * (len(checked) == 1)} " \
-           "the digests in model.json" if checked else "no split this monitor reads has a digest in model.json"
-    if unchecked:
-        said += (f"; the {' and '.join(unchecked)} split's is not recorded (the train stage never reads the test "
-                 "split): not checked")
-    return said
+    said = []
+    for name in ("train", "test"):
+        if name in recorded:
+            said.append(f"the {name} split matches its digest in model.json")
+        elif name == "test":
+            said.append("the test split's digest is not recorded (the train stage never reads the test split): "
+                        "not checked")
+        else:
+            said.append(f"the {name} split's digest is not recorded: not checked")
+    return "; ".join(said)
 
 
 def build_reference(model: artifacts.LoadedModel, scorer: Any, processed_dir: str | os.PathLike[str], rules: Rules,

@@ -260,7 +260,8 @@ def summary_lines(metrics: Mapping[str, Any], changes: Sequence[Change]) -> list
 
 
 def yardstick_line(reference: Mapping[str, Any]) -> str | None:
-    """The margin over the untuned yardstick on test, with the verdict its paired interval allows; None if absent.
+    """The margin over the untuned yardstick on test, with the verdict its paired interval allows (a win or a loss
+    only when the interval excludes 0; without an interval, by the margin's sign); None if absent.
 
     Stated in the summary, not in a folded table: a tuned model no better than scikit-learn's
     defaults is what a reviewer most needs to know about a search.
@@ -270,14 +271,15 @@ def yardstick_line(reference: Mapping[str, Any]) -> str | None:
         return None
     text = f"**Margin over the untuned yardstick (test AUPRC):** {margin:+.4f}"
     ci = reference.get("auprc_margin_ci95")
-    has_ci = isinstance(ci, list) and len(ci) == 2
-    if has_ci:
+    low = high = margin
+    if isinstance(ci, list) and len(ci) == 2:
         text += f" (95% paired bootstrap interval {ci[0]:+.4f} to {ci[1]:+.4f})"
-    if margin <= 0:
+        low, high = ci
+    if low > 0:
+        return text + "."
+    if high < 0:
         return text + ": **the untuned yardstick wins on the test split.**"
-    if has_ci and ci[0] <= 0:
-        return text + ": **no difference the test split can show.**"
-    return text + "."
+    return text + ": **no difference the test split can show.**"
 
 
 def seed_baseline_section(metrics: Mapping[str, Any]) -> str:
