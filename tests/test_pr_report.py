@@ -42,6 +42,7 @@ HEAD_METRICS = {
     "test": {"auprc": 0.8123, "roc_auc": 0.97, "precision": 0.75, "recall": 0.8, "alerts": 36,
              "auprc_ci95": [0.75, 0.86]},
     "cv": {"auprc_mean": 0.79, "auprc_std": 0.03},
+    "valid": {"auprc": 0.74},
     "seed_baseline": {"auprc": 0.41, "roc_auc": 0.93, "precision": 0.02, "recall": 0.9, "alerts": 1500},
 }
 #: actual/predicted per test row: TN=90, FP=4, FN=2, TP=4.
@@ -127,6 +128,8 @@ def test_report_lists_each_metric_with_old_new_and_change(two_commit_repo):
     assert rows["seed_baseline.auprc"] == ["—", "0.4100", "new"]
     metric_lines = [line for line in text.splitlines() if line.startswith("| `")]
     assert metric_lines[0].startswith("| `test.auprc` |"), "AUPRC must be the first metric row"
+    headline = text.split(pr_report.SELECTION_NOTE)[0]
+    assert "| `valid.auprc` |" in headline and "| `cv.auprc_mean` |" in headline, "the figures choices rest on"
 
 
 def test_report_shows_params_model_threshold_and_seed_baseline(two_commit_repo):

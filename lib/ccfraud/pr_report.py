@@ -51,8 +51,12 @@ ARTIFACT_NAME = "pipeline-reports"
 #: ROC AUC look excellent on a 0.17% fraud rate whatever the model does.
 HEADLINE_METRICS = (
     "test.auprc", "test.roc_auc", "test.precision", "test.recall", "test.f1", "test.alerts", "test.net_saving",
-    "model", "threshold", "cv.auprc_mean", "cv.auprc_std",
+    "reference_untuned_hgb.auprc_margin", "model", "threshold", "cv.auprc_mean", "cv.auprc_std", "valid.auprc",
 )
+#: Under the headline table: which figures a choice between branches may rest on.
+SELECTION_NOTE = ("Choose between branches on `cv.*` and `valid.*`, the figures the train stage chose on. The `test.*` "
+                  "figures estimate what the chosen model does on new traffic: picking branches by them would make "
+                  "the test split a second validation split, and its figures optimistic.")
 #: Sections of metrics.json after the headline, in reading order (all folded below the headline table).
 METRIC_SECTIONS = ("test", "cv", "", "seed_baseline", "candidates")
 MISSING = "—"
@@ -216,7 +220,7 @@ def metrics_section(changes: Sequence[Change], base: str) -> str:
         lines += [f"The base `{base}` has no metrics yet (first pipeline run in this history): every value is new.", ""]
     main = [c for c in changes if c.name in HEADLINE_METRICS] or list(changes)
     folded = [c for c in changes if c not in main]
-    lines.append(changes_table(main, base))
+    lines += [changes_table(main, base), "", SELECTION_NOTE]
     if folded:
         rows = f"{len(folded)} row" + ("" if len(folded) == 1 else "s")
         lines += ["", f"<details><summary>All other metrics: counts, money, candidates, seed baseline ({rows})"
