@@ -30,10 +30,21 @@ def test_splits_partition_the_rows_without_overlap(data, strategy):
     assert not (keys[0] & keys[2]) and not (keys[1] & keys[2]) and not (keys[0] & keys[1])
 
 
-def test_time_split_tests_on_the_latest_transactions(data):
+def test_time_split_tests_on_the_latest_transactions_and_no_second_is_in_two_parts(data):
     splits = preprocess.split(data, "time")
-    assert splits.train[schema.TIME].max() <= splits.valid[schema.TIME].min()
-    assert splits.valid[schema.TIME].max() <= splits.test[schema.TIME].min()
+    assert splits.train[schema.TIME].max() < splits.valid[schema.TIME].min()
+    assert splits.valid[schema.TIME].max() < splits.test[schema.TIME].min()
+
+
+def test_a_time_split_cut_inside_one_second_moves_back_to_that_seconds_first_row():
+    """Ten rows: the train/valid cut falls inside second 4 and the valid/test cut inside second 5; each second goes
+    whole to the later part."""
+    frame = synthetic.generate(rows=10, frauds=4, seed=2).assign(**{schema.TIME: [0, 1, 2, 3, 4, 4, 5, 5, 5, 6]})
+    frame[schema.TARGET] = [0, 1, 0, 1, 0, 1, 0, 0, 1, 0]
+    splits = preprocess.split(frame, "time", valid_size=0.3, test_size=0.2)
+    assert [part[schema.TIME].tolist() for _, part in splits.items()] == [[0, 1, 2, 3], [4, 4], [5, 5, 5, 6]]
+    assert preprocess.first_of_its_time(np.array([1, 1, 2, 2, 2]), 3) == 2
+    assert [preprocess.first_of_its_time(np.array([1, 1, 2]), cut) for cut in (0, 1, 2, 3)] == [0, 0, 2, 3]
 
 
 def test_stratified_split_keeps_the_fraud_rate(data):

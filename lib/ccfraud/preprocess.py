@@ -80,19 +80,18 @@ def split(
 ) -> Splits:
     """Split into train/valid/test before any resampling.
 
-    ``time`` keeps the earliest transactions for training and the latest for testing,
+    ``time`` keeps the earliest transactions for training and the latest for testing (cut
+    between two Times, never inside one: :func:`first_of_its_time`),
     which is how a deployed model meets the data; ``stratified`` is a random split
     that keeps the fraud rate equal in the three parts.
     """
     _check_sizes(valid_size, test_size)
     if strategy == "time":
         ordered = frame.sort_values(schema.TIME, kind="stable", ignore_index=True)
+        times = ordered[schema.TIME].to_numpy()
         n_train, n_valid, _ = split_sizes(len(ordered), valid_size, test_size)
-        parts = (
-            ordered.iloc[:n_train],
-            ordered.iloc[n_train : n_train + n_valid],
-            ordered.iloc[n_train + n_valid :],
-        )
+        first, second = (first_of_its_time(times, cut) for cut in (n_train, n_train + n_valid))
+        parts = (ordered.iloc[:first], ordered.iloc[first:second], ordered.iloc[second:])
     elif strategy == "stratified":
         labels = frame[schema.TARGET]
         rest, test = train_test_split(frame, test_size=test_size, stratify=labels, random_state=seed)
@@ -113,6 +112,19 @@ def split(
                 f"{int(part[schema.TARGET].sum())} frauds; every part needs both classes (use more data)"
             )
     return splits
+
+
+def first_of_its_time(times: np.ndarray, cut: int) -> int:
+    """``cut`` moved back to the first row with the Time of the row at ``cut`` (``times`` sorted).
+
+    A time split cuts between two Times, never inside one: the transactions of one second
+    all go to the later part, so no second (a burst of one card's frauds, say) is in
+    two parts, where the refit on train + valid would learn from half of it and the
+    evaluation score the other half.
+    """
+    if cut <= 0 or cut >= len(times):
+        return cut
+    return int(np.searchsorted(times, times[cut], side="left"))
 
 
 def split_sizes(rows: int, valid_size: float, test_size: float) -> tuple[int, int, int]:
@@ -196,6 +208,16 @@ def _part_of(partition: pd.DataFrame, which: int, seed: int, test_size: float, v
     return partition[assigned == which].drop(columns=ROW_KEY)
 
 
+def _first_of_its_time_partitioned(ordered: Any, offsets: np.ndarray, cut: int) -> int:
+    """:func:`first_of_its_time` on a Time-ordered dask frame: one Time lies in one partition (the sort's), so only
+    the Time column of the partition holding ``cut`` is read."""
+    if cut <= 0 or cut >= offsets[-1]:
+        return cut
+    number = int(np.searchsorted(offsets, cut, side="right")) - 1
+    times = ordered.get_partition(number)[schema.TIME].compute().to_numpy()
+    return int(offsets[number]) + first_of_its_time(times, cut - int(offsets[number]))
+
+
 def _split_partitioned(ordered: Any, strategy: str, *, valid_size: float, test_size: float, seed: int) -> Splits:
     """The three parts of a persisted, Time-ordered, deduplicated dask frame (as dask frames)."""
     import dask
@@ -207,8 +229,9 @@ def _split_partitioned(ordered: Any, strategy: str, *, valid_size: float, test_s
                         for which in range(3)))
     lengths = [int(n) for n in ordered.map_partitions(len).compute()]
     n_train, n_valid, _ = split_sizes(sum(lengths), valid_size, test_size)
-    bounds = [(0, n_train), (n_train, n_train + n_valid), (n_train + n_valid, sum(lengths))]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
+    first, second = (_first_of_its_time_partitioned(ordered, offsets, cut) for cut in (n_train, n_train + n_valid))
+    bounds = [(0, first), (first, second), (second, sum(lengths))]
     parts = ordered.to_delayed()
     out = []
     for first, last in bounds:
