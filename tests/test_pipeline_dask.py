@@ -13,7 +13,7 @@ import re
 
 import pandas as pd
 import pytest
-from conftest import make_project_copy, run, set_params, tool_env
+from conftest import ROOT, make_project_copy, run, set_params, tool_env
 
 from ccfraud import lake, preprocess, schema
 
@@ -43,6 +43,13 @@ def dask_run(tmp_path_factory, dask_client):
     return repo, result.stdout + result.stderr
 
 
+def declared_steps(notebook: str) -> int:
+    """How many steps a stage's notebook declares (``progress.Steps("<stage>", n)``)."""
+    cells = json.loads((ROOT / "notebooks" / f"{notebook}.ipynb").read_text())["cells"]
+    source = "".join("".join(cell["source"]) for cell in cells if cell["cell_type"] == "code")
+    return int(re.search(r'progress\.Steps\("\w+", (\d+)', source).group(1))
+
+
 def test_the_dask_engine_writes_the_splits_the_pandas_engine_would(dask_run):
     repo, output = dask_run
     processed = repo / "data" / "processed"
@@ -58,8 +65,9 @@ def test_the_dask_engine_writes_the_splits_the_pandas_engine_would(dask_run):
     assert manifest["time_cuts"]["test_from"] == expected.splits.test[schema.TIME].iloc[0]
     assert len(lake.read_manifest(str(processed / "train"))["parts"]) > 1  # written by the workers, part by part
     # Progress reached the console: steps with i of n, and the candidates one by one.
-    last_steps = {"eda_preprocess": 4, "train": 3, "evaluate": 3}
-    assert all(f"[{stage}] step {n}/{n}" in output for stage, n in last_steps.items())
+    last_steps = {stage: declared_steps(notebook) for stage, notebook in
+                  (("eda_preprocess", "02_eda_preprocess"), ("train", "03_train"), ("evaluate", "04_evaluate"))}
+    assert all(f"[{stage}] step {n}/{n}" in output for stage, n in last_steps.items()), last_steps
     assert re.search(r"\[train\] candidate (\d+) of \1\b", output), "the last candidate's progress line"
 
 
