@@ -478,6 +478,19 @@ def test_requests_refused_before_the_app_get_the_apis_json_error_not_gunicorns_h
     assert "Invalid request from ip=127.0.0.1: Invalid HTTP header name: 'Bad Name'" in log_path.read_text()
 
 
+def test_a_body_that_breaks_after_the_answer_closes_the_connection_without_a_second_answer(model_dir, tmp_path):
+    """A 404 does not read the body; the worker drains it after the answer. A broken chunk found then must not
+    become a second response, which the client would take for the answer to its next request."""
+    request = (b"POST /no-such-endpoint HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n")
+    with procfile_server(model_dir, tmp_path) as (port, _):
+        received = exchange(port, request)
+        assert get(port, "/ready")[0] == 200
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    status, _, body = parse_answer(received)
+    assert status == 404 and body["error"]["status"] == 404
+
+
 def gunicorn_page(status: int, reason: str, message: str) -> bytes:
     """What gunicorn itself writes for an error it answers (``gunicorn.util.write_error``)."""
     from gunicorn import util

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent import monkey
 from gunicorn import util
+from gunicorn.http.errors import ParseException
 from gunicorn.workers.ggevent import GeventWorker
 
 from ccfraud.serving import config as serving_config
@@ -185,12 +186,15 @@ class BoundedGeventWorker(GeventWorker):
         """Read what the application left of the body (a 404 or a 415 does not read it), within the deadline.
 
         Left to gunicorn, this would happen while the next request's headers are awaited,
-        and a late body would then be answered as late headers.
+        and a late body would then be answered as late headers. A body that turns out
+        malformed here (a broken chunk) closes the connection without a word: its request
+        is already answered, and a second response would be read by the client as the
+        answer to its next request.
         """
         try:
             while req.body.read(1 << 16):
                 pass
-        except TimeoutError as exc:
+        except (TimeoutError, ParseException) as exc:
             raise StopIteration from exc  # gunicorn closes the connection
 
     def handle_error(self, req: Request | None, client: socket.socket, addr: Any, exc: BaseException) -> None:
