@@ -175,6 +175,48 @@ def test_dask_stratified_split_partitions_the_rows_and_keeps_the_fraud_rate(data
                                   parts["test"].reset_index(drop=True))
 
 
+def coarse(frame: pd.DataFrame, seconds: int) -> pd.DataFrame:
+    """``frame`` with Time rounded down to ``seconds``: many rows share each Time, so the cuts fall inside one."""
+    return frame.assign(**{schema.TIME: (frame[schema.TIME] // seconds) * seconds})
+
+
+def test_dask_time_split_cuts_between_seconds_as_pandas_does(data, tmp_path, dask_client):
+    frame = coarse(data, 600)
+    n_train, n_valid, _ = preprocess.split_sizes(len(frame), 0.2, 0.25)
+    in_memory = preprocess.prepare(frame, "time", valid_size=0.2, test_size=0.25, seed=1)
+    assert (len(in_memory.splits.train), len(in_memory.splits.valid)) != (n_train, n_valid)  # the cuts moved
+    on_dask = preprocess.prepare(dask_frame(frame, tmp_path, rows=500), "time", valid_size=0.2, test_size=0.25,
+                                 seed=1)
+    for name, part in in_memory.splits.items():
+        pd.testing.assert_frame_equal(getattr(on_dask.splits, name).compute().reset_index(drop=True), part)
+
+
+def test_the_partitioned_cut_is_the_in_memory_cut_at_every_position():
+    """Partitions as the sort leaves them (one Time in one partition; empty ones too): every cut from the first row
+    to past the last moves where :func:`first_of_its_time` moves it on the whole column."""
+    import dask
+    import dask.dataframe as dd
+
+    times = [[0, 1, 2], [], [3, 3, 3], [4, 5], [], [6, 6]]
+    ordered = dd.concat([dd.from_pandas(pd.DataFrame({schema.TIME: np.array(part, dtype=float)}), npartitions=1)
+                         for part in times])
+    offsets = np.concatenate([[0], np.cumsum([len(part) for part in times])])
+    every = np.concatenate([np.array(part, dtype=float) for part in times])
+    with dask.config.set(scheduler="synchronous"):
+        moved = [preprocess._first_of_its_time_partitioned(ordered, offsets, cut) for cut in range(len(every) + 1)]
+    assert moved == [preprocess.first_of_its_time(every, cut) for cut in range(len(every) + 1)]
+    assert moved[4] == 3 and moved[9] == 8  # inside second 3 and second 6
+
+
+def test_one_time_covering_a_whole_part_is_refused_on_both_engines(tmp_path, dask_client):
+    frame = synthetic.generate(rows=100, frauds=10, seed=0)
+    frame[schema.TIME] = np.r_[np.arange(50), np.full(40, 1000), np.arange(2000, 2010)].astype(float)
+    with pytest.raises(ValueError, match="the valid part has 0 rows once the cuts are moved"):
+        preprocess.split(frame, "time")
+    with pytest.raises(ValueError, match="the valid part has 0 rows once the cuts are moved"):
+        preprocess.prepare(dask_frame(frame, tmp_path, rows=30), "time")
+
+
 def test_dask_split_refuses_a_part_without_frauds(tmp_path, dask_client):
     data = synthetic.generate(rows=400, frauds=2, seed=0)
     with pytest.raises(ValueError, match="needs both classes"):

@@ -480,9 +480,10 @@ def test_requests_refused_before_the_app_get_the_apis_json_error_not_gunicorns_h
 
 def test_a_body_that_breaks_after_the_answer_closes_the_connection_without_a_second_answer(model_dir, tmp_path):
     """A 404 does not read the body; the worker drains it after the answer. A broken chunk found then must not
-    become a second response, which the client would take for the answer to its next request."""
+    become a second response, which the client would take for the answer to its next request; and the bytes
+    after it, left unread, must not turn the close into a reset (``exchange`` would raise)."""
     request = (b"POST /no-such-endpoint HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n")
+               b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n" + b"x" * 20_000)
     with procfile_server(model_dir, tmp_path) as (port, _):
         received = exchange(port, request)
         assert get(port, "/ready")[0] == 200

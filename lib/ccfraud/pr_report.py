@@ -55,8 +55,9 @@ HEADLINE_METRICS = (
 )
 #: Under the headline table: which figures a choice between branches may rest on.
 SELECTION_NOTE = ("Choose between branches on `cv.*` and `valid.*`, the figures the train stage chose on. The `test.*` "
-                  "figures estimate what the chosen model does on new traffic: picking branches by them would make "
-                  "the test split a second validation split, and its figures optimistic.")
+                  "figures and the yardstick margin (`reference_untuned_hgb.*`, also on test) estimate what the "
+                  "chosen model does on new traffic: picking branches by them would make the test split a second "
+                  "validation split, and its figures optimistic.")
 #: Sections of metrics.json after the headline, in reading order (all folded below the headline table).
 METRIC_SECTIONS = ("test", "cv", "", "seed_baseline", "candidates")
 MISSING = "—"

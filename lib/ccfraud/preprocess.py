@@ -91,6 +91,7 @@ def split(
         times = ordered[schema.TIME].to_numpy()
         n_train, n_valid, _ = split_sizes(len(ordered), valid_size, test_size)
         first, second = (first_of_its_time(times, cut) for cut in (n_train, n_train + n_valid))
+        _check_cuts(first, second, len(ordered))
         parts = (ordered.iloc[:first], ordered.iloc[first:second], ordered.iloc[second:])
     elif strategy == "stratified":
         labels = frame[schema.TARGET]
@@ -125,6 +126,14 @@ def first_of_its_time(times: np.ndarray, cut: int) -> int:
     if cut <= 0 or cut >= len(times):
         return cut
     return int(np.searchsorted(times, times[cut], side="left"))
+
+
+def _check_cuts(first: int, second: int, rows: int) -> None:
+    """Refuse a time split whose cuts, moved to the start of their seconds, leave a part empty (both engines)."""
+    for name, size in (("train", first), ("valid", second - first), ("test", rows - second)):
+        if size <= 0:
+            raise ValueError(f"split 'time': the {name} part has 0 rows once the cuts are moved to the start of "
+                             "their seconds (one Time value covers it); every part needs both classes (use more data)")
 
 
 def split_sizes(rows: int, valid_size: float, test_size: float) -> tuple[int, int, int]:
@@ -231,6 +240,7 @@ def _split_partitioned(ordered: Any, strategy: str, *, valid_size: float, test_s
     n_train, n_valid, _ = split_sizes(sum(lengths), valid_size, test_size)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     first, second = (_first_of_its_time_partitioned(ordered, offsets, cut) for cut in (n_train, n_train + n_valid))
+    _check_cuts(first, second, sum(lengths))
     bounds = [(0, first), (first, second), (second, sum(lengths))]
     parts = ordered.to_delayed()
     out = []
