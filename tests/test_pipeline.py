@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import run, set_params
 
+from ccfraud import evaluation
+
 pytestmark = pytest.mark.slow
 
 REPORTS = ("01_download.html", "02_eda_preprocess.html", "03_train.html", "04_evaluate.html")
@@ -85,6 +87,7 @@ def test_metrics_have_the_expected_keys_and_sane_values(pipeline_run):
     reference = metrics["reference_untuned_hgb"]
     assert reference["auprc_margin"] == pytest.approx(test["auprc"] - reference["auprc"], abs=2e-6)
     assert reference["auprc_margin_ci95"][0] <= reference["auprc_margin"] <= reference["auprc_margin_ci95"][1]
+    assert reference["verdict"] == evaluation.margin_verdict(*reference["auprc_margin_ci95"])
     assert 0 <= reference["reference_at_least_as_good"] <= 1
     assert "hist_gb_untuned" in metrics["candidates"]  # the yardstick took part in the search
     model = json.loads((pipeline_run / "models" / "model.json").read_text())

@@ -341,19 +341,16 @@ def test_confusion_counts_and_its_errors():
 
 
 @pytest.mark.parametrize(("reference", "expected"), [
-    ({"auprc_margin": 0.0045, "auprc_margin_ci95": [-0.0012, 0.0141]},
+    ({"auprc_margin": 0.0045, "auprc_margin_ci95": [-0.0012, 0.0141], "verdict": "no difference"},
      "**Margin over the untuned yardstick (test AUPRC):** +0.0045 (95% paired bootstrap interval -0.0012 to "
      "+0.0141): **no difference the test split can show.**"),
-    ({"auprc_margin": 0.03, "auprc_margin_ci95": [0.01, 0.05]},
+    ({"auprc_margin": 0.03, "auprc_margin_ci95": [0.01, 0.05], "verdict": "win"},
      "**Margin over the untuned yardstick (test AUPRC):** +0.0300 (95% paired bootstrap interval +0.0100 to "
      "+0.0500)."),
-    ({"auprc_margin": -0.02}, "**Margin over the untuned yardstick (test AUPRC):** -0.0200: **the untuned yardstick "
-                              "wins on the test split.**"),
-    ({"auprc_margin": -0.0001, "auprc_margin_ci95": [-0.02, 0.02]},
-     "**Margin over the untuned yardstick (test AUPRC):** -0.0001 (95% paired bootstrap interval -0.0200 to "
-     "+0.0200): **no difference the test split can show.**"),
-    ({"auprc_margin": 0.0}, "**Margin over the untuned yardstick (test AUPRC):** +0.0000: **no difference the test "
-                            "split can show.**"),
+    ({"auprc_margin": -0.02, "auprc_margin_ci95": [-0.04, -0.01], "verdict": "loss"},
+     "**Margin over the untuned yardstick (test AUPRC):** -0.0200 (95% paired bootstrap interval -0.0400 to "
+     "-0.0100): **the untuned yardstick wins on the test split.**"),
+    ({"auprc_margin": -0.02}, "**Margin over the untuned yardstick (test AUPRC):** -0.0200."),  # an older file
 ])
 def test_the_summary_states_the_margin_over_the_yardstick_with_what_its_interval_allows(reference, expected):
     metrics = {"model": "hist_gb", "test": {"auprc": 0.77}, "reference_untuned_hgb": {"auprc": 0.76, **reference}}
@@ -362,4 +359,10 @@ def test_the_summary_states_the_margin_over_the_yardstick_with_what_its_interval
 
 def test_a_metrics_file_without_the_yardstick_has_no_margin_line():
     assert not any("yardstick" in line for line in pr_report.summary_lines({"test": {"auprc": 0.7}}, []))
+
+
+def test_the_report_states_every_verdict_the_evaluate_stage_records():
+    from ccfraud import evaluation  # the stage's rule; the report only reads its verdicts
+
+    assert set(pr_report.VERDICT_TEXT) == {evaluation.WIN, evaluation.LOSS, evaluation.NO_DIFFERENCE}
 

@@ -166,7 +166,8 @@ def test_the_evaluate_stage_writes_what_it_was_given(splits, saved):
                                        bootstrap=0)
     metrics_reference = {**metrics_test, "auprc": 0.123, "roc_auc": 0.456, "precision": 0.5, "recall": 0.25,
                          "alerts": 7}
-    margin = {"auprc_margin": 0.1, "auprc_margin_ci95": [-0.01, 0.2], "reference_at_least_as_good": 0.07}
+    margin = {"auprc_margin": 0.1, "auprc_margin_ci95": [-0.01, 0.2], "reference_at_least_as_good": 0.07,
+              "verdict": "no difference"}
     metrics = assessment.write_metrics(loaded, metrics_test=metrics_test, metrics_seed=metrics_seed,
                                        metrics_reference=metrics_reference, reports_dir=root / "reports",
                                        margin=margin)
@@ -178,7 +179,8 @@ def test_the_evaluate_stage_writes_what_it_was_given(splits, saved):
     assert metrics["seed_baseline"]["auprc"] == pytest.approx(metrics_seed["auprc"], abs=1e-6)
     assert metrics["reference_untuned_hgb"] == {"auprc": 0.123, "roc_auc": 0.456, "precision": 0.5, "recall": 0.25,
                                                 "alerts": 7, "auprc_margin": round(metrics_test["auprc"] - 0.123, 6),
-                                                "auprc_margin_ci95": [-0.01, 0.2], "reference_at_least_as_good": 0.07}
+                                                "auprc_margin_ci95": [-0.01, 0.2], "reference_at_least_as_good": 0.07,
+                                                "verdict": "no difference"}
     assert not any("accuracy" in key for key in metrics["seed_baseline"])
     confusion = pd.read_csv(root / "reports" / "plots" / "confusion.csv")
     assert confusion["actual"].tolist() == y.tolist()
@@ -244,15 +246,28 @@ def test_the_report_says_plainly_when_the_yardstick_wins():
     assert "chose the untuned yardstick itself" in assessment.margin_summary(modeling.REFERENCE, 0.72, 0.72)
 
 
+def interval_of(margin: float, low: float, high: float, share: float) -> dict:
+    """A :func:`ccfraud.evaluation.paired_margin` result with these figures and the verdict their interval allows."""
+    return {"auprc_margin": margin, "auprc_margin_ci95": [low, high], "reference_at_least_as_good": share,
+            "verdict": evaluation.margin_verdict(low, high)}
+
+
+@pytest.mark.parametrize(("low", "high", "verdict"), [(0.002, 0.01, "win"), (-0.01, -0.001, "loss"),
+                                                       (-0.001, 0.01, "no difference"), (0.0, 0.0, "no difference"),
+                                                       (0.0, 0.01, "no difference"), (-0.01, 0.0, "no difference")])
+def test_a_margin_is_a_win_or_a_loss_only_when_its_interval_excludes_zero(low, high, verdict):
+    assert evaluation.margin_verdict(low, high) == verdict
+
+
 @pytest.mark.parametrize(("low", "verdict"), [(0.002, "beats the untuned yardstick"), (-0.001, "cannot be told apart"),
                                               (0.0, "cannot be told apart")])
 def test_a_positive_margin_is_a_win_only_when_its_paired_interval_excludes_no_difference(low, verdict):
-    margin = {"auprc_margin": 0.0045, "auprc_margin_ci95": [low, 0.014], "reference_at_least_as_good": 0.12}
+    margin = interval_of(0.0045, low, 0.014, share=0.12)
     summary = assessment.margin_summary("hist_gb", 0.7662, 0.7617, margin)
     assert verdict in summary
     assert f"95% paired bootstrap interval {low:+.4f} to +0.0140" in summary
     assert ("12% of the bootstrap resamples" in summary) is (verdict == "cannot be told apart")
-    losing = assessment.margin_summary("hist_gb", 0.70, 0.72, {**margin, "auprc_margin_ci95": [-0.05, -0.01]})
+    losing = assessment.margin_summary("hist_gb", 0.70, 0.72, interval_of(-0.02, -0.05, -0.01, share=0.99))
     assert "still wins" in losing and "-0.0500 to -0.0100" in losing
 
 
@@ -262,7 +277,7 @@ def test_a_positive_margin_is_a_win_only_when_its_paired_interval_excludes_no_di
     (0.7618, [-0.02, -0.001], "still wins"),  # the interval, not the point margin's sign, decides
 ])
 def test_the_verdict_comes_from_the_interval_on_either_side_of_zero(test_auprc, interval, verdict):
-    margin = {"auprc_margin": test_auprc - 0.7617, "auprc_margin_ci95": interval, "reference_at_least_as_good": 0.5}
+    margin = interval_of(test_auprc - 0.7617, *interval, share=0.5)
     assert verdict in assessment.margin_summary("hist_gb", test_auprc, 0.7617, margin)
 
 
@@ -282,6 +297,7 @@ def test_the_paired_margin_is_the_margin_with_an_interval_around_it():
     assert swapped["reference_at_least_as_good"] == 1
     same = evaluation.paired_margin(y, strong, strong, n=20, seed=1)
     assert same["auprc_margin_ci95"] == [0.0, 0.0] and same["reference_at_least_as_good"] == 1
+    assert (margin["verdict"], swapped["verdict"], same["verdict"]) == ("win", "loss", "no difference")
 
 
 def test_manifest_roundtrip_and_bad_strategy(splits, tmp_path):

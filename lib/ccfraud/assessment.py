@@ -76,10 +76,9 @@ def margin_summary(model_name: str, test_auprc: float, reference_auprc: float,
                    margin: dict[str, Any] | None = None) -> str:
     """One plain sentence on the model against its yardstick on the test split.
 
-    ``margin`` is :func:`ccfraud.evaluation.paired_margin`'s: with it, the verdict comes from
-    its paired interval, not from the sign of the point margin. Only an interval wholly above
-    0 is a win, only one wholly below 0 a loss; one that holds 0 is stated as no difference
-    the test split can show, whichever side the point margin falls on.
+    ``margin`` is :func:`ccfraud.evaluation.paired_margin`'s: with it, the verdict is its
+    interval's (:func:`ccfraud.evaluation.margin_verdict`), not the point margin's sign; an
+    interval that holds 0 is stated as no difference the test split can show.
     """
     difference = test_auprc - reference_auprc
     if model_name == modeling.REFERENCE:
@@ -87,16 +86,17 @@ def margin_summary(model_name: str, test_auprc: float, reference_auprc: float,
                 f"{test_auprc:.4f}, no tuned candidate beat it on the validation split.")
     figures = f"AUPRC {test_auprc:.4f} against {reference_auprc:.4f}, a margin of {difference:+.4f}"
     if margin is None:
-        low = high = difference
+        verdict = evaluation.margin_verdict(difference, difference)
         share = ""
     else:
         low, high = margin["auprc_margin_ci95"]
+        verdict = margin["verdict"]
         figures += f" (95% paired bootstrap interval {low:+.4f} to {high:+.4f})"
         share = (f" The yardstick scored at least as well in {margin['reference_at_least_as_good']:.0%} of the "
                  "bootstrap resamples.")
-    if low > 0:
+    if verdict == evaluation.WIN:
         return f"The chosen model ({model_name}) beats the untuned yardstick on the test split: {figures}."
-    if high < 0:
+    if verdict == evaluation.LOSS:
         return (f"**The untuned yardstick still wins on the test split**: {figures}, for the chosen model "
                 f"({model_name}). The choice was made on the validation split, where the chosen model was at least "
                 "as good.")

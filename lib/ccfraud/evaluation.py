@@ -273,7 +273,7 @@ class _Resampler:
 def _interval(values: np.ndarray, level: float) -> list[float]:
     values = values[~np.isnan(values)]
     if not len(values):
-        raise ValueError("bootstrap: no resample contained both classes")
+        raise ValueError("bootstrap: no resample drew a fraud")
     alpha = (1 - level) / 2
     return [round(float(np.quantile(values, q)), 6) for q in (alpha, 1 - alpha)]
 
@@ -313,11 +313,30 @@ def paired_margin(
     resampler = _Resampler(y, p, q)
     margins = np.concatenate([resampler.auprc(counts, 0) - resampler.auprc(counts, 1)
                               for counts in resampler.draws(np.random.default_rng(seed), n)])
+    low, high = _interval(margins, level)
     return {
         "auprc_margin": round(auprc(y, p) - auprc(y, q), 6),
-        "auprc_margin_ci95": _interval(margins, level),
+        "auprc_margin_ci95": [low, high],
         "reference_at_least_as_good": round(float(np.mean(margins[~np.isnan(margins)] <= 0)), 4),
+        "verdict": margin_verdict(low, high),
     }
+
+
+#: What a margin's interval allows one to say (:func:`margin_verdict`).
+WIN, LOSS, NO_DIFFERENCE = "win", "loss", "no difference"
+
+
+def margin_verdict(low: float, high: float) -> str:
+    """The verdict an interval of a margin allows: a win only wholly above 0, a loss only wholly below, else none.
+
+    The one rule behind the evaluate report's summary and the PR report's (which reads it from
+    metrics.json); a point margin without an interval is ``margin_verdict(margin, margin)``.
+    """
+    if low > 0:
+        return WIN
+    if high < 0:
+        return LOSS
+    return NO_DIFFERENCE
 
 
 def rounded(values: dict[str, Any], digits: int = 6) -> dict[str, Any]:

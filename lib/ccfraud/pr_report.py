@@ -264,27 +264,27 @@ def summary_lines(metrics: Mapping[str, Any], changes: Sequence[Change]) -> list
     return lines
 
 
+#: How the summary states the evaluate stage's verdict on the margin (``reference_untuned_hgb.verdict``).
+VERDICT_TEXT = {"win": ".", "loss": ": **the untuned yardstick wins on the test split.**",
+                "no difference": ": **no difference the test split can show.**"}
+
+
 def yardstick_line(reference: Mapping[str, Any]) -> str | None:
-    """The margin over the untuned yardstick on test, with the verdict its paired interval allows (a win or a loss
-    only when the interval excludes 0; without an interval, by the margin's sign); None if absent.
+    """The margin over the untuned yardstick on test, with the verdict the evaluate stage recorded; None if absent.
 
     Stated in the summary, not in a folded table: a tuned model no better than scikit-learn's
-    defaults is what a reviewer most needs to know about a search.
+    defaults is what a reviewer most needs to know about a search. The verdict is read, not
+    recomputed (:func:`ccfraud.evaluation.margin_verdict` is the rule); a metrics file without
+    one gets the figures alone.
     """
     margin = reference.get("auprc_margin")
     if not isinstance(margin, (int, float)):
         return None
     text = f"**Margin over the untuned yardstick (test AUPRC):** {margin:+.4f}"
     ci = reference.get("auprc_margin_ci95")
-    low = high = margin
     if isinstance(ci, list) and len(ci) == 2:
         text += f" (95% paired bootstrap interval {ci[0]:+.4f} to {ci[1]:+.4f})"
-        low, high = ci
-    if low > 0:
-        return text + "."
-    if high < 0:
-        return text + ": **the untuned yardstick wins on the test split.**"
-    return text + ": **no difference the test split can show.**"
+    return text + VERDICT_TEXT.get(reference.get("verdict"), ".")
 
 
 def seed_baseline_section(metrics: Mapping[str, Any]) -> str:
