@@ -90,9 +90,9 @@ def split(
         ordered = frame.sort_values(schema.TIME, kind="stable", ignore_index=True)
         times = ordered[schema.TIME].to_numpy()
         n_train, n_valid, _ = split_sizes(len(ordered), valid_size, test_size)
-        first, second = (first_of_its_time(times, cut) for cut in (n_train, n_train + n_valid))
-        _check_cuts(first, second, len(ordered))
-        parts = (ordered.iloc[:first], ordered.iloc[first:second], ordered.iloc[second:])
+        valid_from, test_from = (first_of_its_time(times, cut) for cut in (n_train, n_train + n_valid))
+        _check_cuts(valid_from, test_from, len(ordered))
+        parts = (ordered.iloc[:valid_from], ordered.iloc[valid_from:test_from], ordered.iloc[test_from:])
     elif strategy == "stratified":
         labels = frame[schema.TARGET]
         rest, test = train_test_split(frame, test_size=test_size, stratify=labels, random_state=seed)
@@ -128,9 +128,9 @@ def first_of_its_time(times: np.ndarray, cut: int) -> int:
     return int(np.searchsorted(times, times[cut], side="left"))
 
 
-def _check_cuts(first: int, second: int, rows: int) -> None:
+def _check_cuts(valid_from: int, test_from: int, rows: int) -> None:
     """Refuse a time split whose cuts, moved to the start of their seconds, leave a part empty (both engines)."""
-    for name, size in (("train", first), ("valid", second - first), ("test", rows - second)):
+    for name, size in (("train", valid_from), ("valid", test_from - valid_from), ("test", rows - test_from)):
         if size <= 0:
             raise ValueError(f"split 'time': the {name} part has 0 rows once the cuts are moved to the start of "
                              "their seconds (one Time value covers it); every part needs both classes (use more data)")
@@ -239,9 +239,10 @@ def _split_partitioned(ordered: Any, strategy: str, *, valid_size: float, test_s
     lengths = [int(n) for n in ordered.map_partitions(len).compute()]
     n_train, n_valid, _ = split_sizes(sum(lengths), valid_size, test_size)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    first, second = (_first_of_its_time_partitioned(ordered, offsets, cut) for cut in (n_train, n_train + n_valid))
-    _check_cuts(first, second, sum(lengths))
-    bounds = [(0, first), (first, second), (second, sum(lengths))]
+    valid_from, test_from = (_first_of_its_time_partitioned(ordered, offsets, cut)
+                             for cut in (n_train, n_train + n_valid))
+    _check_cuts(valid_from, test_from, sum(lengths))
+    bounds = [(0, valid_from), (valid_from, test_from), (test_from, sum(lengths))]
     parts = ordered.to_delayed()
     out = []
     for first, last in bounds:
